@@ -1,0 +1,48 @@
+"""Device fingerprint: the environment travels with every result (results from two machines never mix)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from functools import lru_cache
+
+import torch
+
+from engine.hardware import detect
+
+
+def _driver() -> str | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return pynvml.nvmlSystemGetDriverVersion()
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no NVIDIA driver here
+        return None
+
+
+@lru_cache(maxsize=1)
+def fingerprint() -> dict:
+    from engine import __version__
+
+    hw = detect()
+    fp = {
+        "cpu": hw.cpu_model,
+        "cpu_flags": list(hw.cpu_flags),
+        "logical_cores": hw.logical_cores,
+        "physical_cores": hw.physical_cores,
+        "gpu": hw.gpu_name,
+        "gpu_capability": list(hw.gpu_capability) if hw.gpu_capability else None,
+        "gpu_driver": _driver() if hw.gpu_name else None,
+        "torch": torch.__version__,
+        "quantized_engine": torch.backends.quantized.engine,
+        "python": platform.python_version(),
+        "os": f"{platform.system()} {platform.release()}",
+        "engine": __version__,
+    }
+    stable = {k: fp[k] for k in ("cpu", "cpu_flags", "logical_cores", "gpu", "torch")}
+    fp["id"] = hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:12]
+    return fp

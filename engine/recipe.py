@@ -1,0 +1,174 @@
+"""The Recipe: the one value that defines a point, shared by the UI, sweeps, the store, export and the CLI.
+
+Frozen dataclasses, validated on construction (errors name the field, the value and what is allowed),
+canonicalised (values that mean the same recipe compare and hash the same) and round-tripped through
+an allow-listed JSON form. `Recipe.key` is the stable hash used as cache, store and file key.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from engine.errors import RecipeError
+
+RECIPE_VERSION = 1
+PRUNE_METHODS = ("none", "magnitude", "structured")
+PRUNE_SCOPES = ("global", "layer")
+MAX_PRUNE = 0.99
+BITS = (2, 3, 4, 5, 6, 7, 8)
+SCHEMES = ("weight-only", "dynamic")
+GRANULARITIES = ("per-channel", "per-group")
+PRECISIONS = ("fp32", "fp16", "bf16")
+DEVICES = ("cpu", "cuda")
+
+
+def _choice(field_name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise RecipeError(f"{field_name}={value!r} is not allowed: choose one of {', '.join(map(str, allowed))}")
+
+
+def _set(obj: Any, name: str, value: Any) -> None:
+    object.__setattr__(obj, name, value)
+
+
+@dataclass(frozen=True)
+class Prune:
+    """Remove weights. `magnitude` zeroes the smallest weights (unstructured, shapes unchanged);
+    `structured` removes whole channels / attention heads so tensors really shrink."""
+
+    method: str = "none"
+    amount: float = 0.0
+    scope: str = "global"
+
+    def __post_init__(self) -> None:
+        _choice("prune.method", self.method, PRUNE_METHODS)
+        _choice("prune.scope", self.scope, PRUNE_SCOPES)
+        if isinstance(self.amount, bool) or not isinstance(self.amount, (int, float)):
+            raise RecipeError(f"prune.amount={self.amount!r} is not a number: allowed 0 to {MAX_PRUNE}")
+        if not 0.0 <= float(self.amount) <= MAX_PRUNE:
+            raise RecipeError(f"prune.amount={self.amount!r} is out of range: allowed 0 to {MAX_PRUNE}")
+        _set(self, "amount", round(float(self.amount), 4))
+        if self.amount == 0.0 or self.method == "none":
+            if self.method == "none" and self.amount > 0:
+                raise RecipeError(f"prune.amount={self.amount} needs prune.method magnitude or structured, not none")
+            _set(self, "method", "none")
+            _set(self, "scope", "global")
+
+
+@dataclass(frozen=True)
+class Quantize:
+    """Put weights on a grid of at most 2**bits levels per channel (or per group of `group_size`).
+    `weight-only` keeps float activations; `dynamic` also quantizes activations to int8 at run time
+    so Linear layers run on a real int8 kernel."""
+
+    bits: int | None = None
+    scheme: str = "weight-only"
+    granularity: str = "per-channel"
+    group_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.bits is None:
+            _set(self, "scheme", "weight-only")
+            _set(self, "granularity", "per-channel")
+            _set(self, "group_size", 32)
+            return
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int):
+            raise RecipeError(f"quantize.bits={self.bits!r} is not allowed: choose none or an integer 2 to 8")
+        if self.bits not in BITS:
+            raise RecipeError(f"quantize.bits={self.bits} is not allowed: choose none or an integer 2 to 8")
+        _choice("quantize.scheme", self.scheme, SCHEMES)
+        _choice("quantize.granularity", self.granularity, GRANULARITIES)
+        if self.granularity == "per-channel":
+            _set(self, "group_size", 32)
+        elif not isinstance(self.group_size, int) or self.group_size not in (8, 16, 32, 64, 128):
+            raise RecipeError(f"quantize.group_size={self.group_size!r} is not allowed: choose 8, 16, 32, 64 or 128")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that defines a measured point: the model, the compression and how it is run."""
+
+    model: str
+    prune: Prune = field(default_factory=Prune)
+    quantize: Quantize = field(default_factory=Quantize)
+    precision: str = "fp32"
+    device: str = "cpu"
+    batch_size: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model:
+            raise RecipeError(f"model={self.model!r} is not allowed: give a registered model name")
+        if isinstance(self.prune, dict):
+            _set(self, "prune", Prune(**_only(self.prune, Prune, "prune")))
+        if isinstance(self.quantize, dict):
+            _set(self, "quantize", Quantize(**_only(self.quantize, Quantize, "quantize")))
+        _choice("precision", self.precision, PRECISIONS)
+        _choice("device", self.device, DEVICES)
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= 4096:
+            raise RecipeError(f"batch_size={self.batch_size!r} is not allowed: an integer 1 to 4096")
+        if self.quantize.scheme == "dynamic":
+            if self.precision != "fp32":
+                raise RecipeError(
+                    f"quantize.scheme=dynamic with precision={self.precision} cannot run: the int8 dynamic kernel "
+                    "takes fp32 activations; use precision fp32 or scheme weight-only")
+            if self.device != "cpu":
+                raise RecipeError(
+                    "quantize.scheme=dynamic with device=cuda cannot run: the int8 dynamic kernel is CPU-only; "
+                    "use scheme weight-only on cuda")
+
+    # --- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"recipe_version": RECIPE_VERSION, **asdict(self)}
+
+    def to_json(self) -> str:
+        """Canonical JSON: sorted keys, no whitespace; equal recipes give equal strings."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Recipe":
+        if not isinstance(data, dict):
+            raise RecipeError(f"a recipe must be a JSON object, got {type(data).__name__}")
+        data = dict(data)
+        version = data.pop("recipe_version", RECIPE_VERSION)
+        if version != RECIPE_VERSION:
+            raise RecipeError(f"recipe_version={version!r} is not supported: this engine reads version {RECIPE_VERSION}")
+        if "model" not in data:
+            raise RecipeError("recipe has no 'model' field")
+        return cls(**_only(data, cls, "recipe"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Recipe":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise RecipeError(f"recipe is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        return cls.from_dict(data)
+
+    @property
+    def key(self) -> str:
+        """Stable 16-hex-digit hash of the canonical JSON."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    def with_(self, **changes: Any) -> "Recipe":
+        return replace(self, **changes)
+
+    def label(self) -> str:
+        """Short human-readable name, e.g. 'structured 50% · int8 dynamic · fp32'."""
+        parts = []
+        if self.prune.method != "none":
+            parts.append(f"{self.prune.method} {self.prune.amount:.0%}")
+        if self.quantize.bits is not None:
+            parts.append(f"int{self.quantize.bits} {self.quantize.scheme}")
+        parts.append(self.precision)
+        return " · ".join(parts)
+
+
+def _only(data: dict[str, Any], cls: type, where: str) -> dict[str, Any]:
+    """Allow-list the keys of a JSON object against a dataclass's fields."""
+    allowed = {f for f in cls.__dataclass_fields__}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise RecipeError(f"{where} has unknown field(s) {', '.join(unknown)}: allowed {', '.join(sorted(allowed))}")
+    return data

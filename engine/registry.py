@@ -1,0 +1,78 @@
+"""Model registry: each model declares how to build it, feed it, score it and what never to prune.
+
+Later models plug in with `@register_model` without touching the rest of the engine.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from engine.errors import UnknownModelError
+
+Inputs = Any  # a tensor, or a dict of tensors passed as keyword arguments
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the engine needs to know about a model.
+
+    `forward(model, inputs)` turns the model's raw output into the tensor that `score` compares;
+    `score(outputs, reference)` returns the metric, where `reference` is the uncompressed fp32
+    model's outputs on the same evaluation data (so fidelity metrics need no labels).
+    """
+
+    name: str
+    task: str
+    description: str
+    source: str
+    metric: str
+    build: Callable[[], nn.Module]
+    example_inputs: Callable[[int], Inputs]
+    eval_inputs: Callable[[], list[Inputs]]
+    score: Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
+    forward: Callable[[nn.Module, Inputs], torch.Tensor] = lambda model, x: model(x)
+    never_prune: tuple[str, ...] = ()
+    # Optional: extra Torch-Pruning arguments and a fix-up to run after structured pruning.
+    structured_setup: Callable[[nn.Module], tuple[dict[str, Any], Callable[[nn.Module, Any], None]]] | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+_REGISTRY: dict[str, Callable[[], ModelSpec]] = {}
+_SPECS: dict[str, ModelSpec] = {}
+
+
+def register_model(name: str) -> Callable[[Callable[[], ModelSpec]], Callable[[], ModelSpec]]:
+    """Register a factory returning the ModelSpec of `name`."""
+
+    def deco(factory: Callable[[], ModelSpec]) -> Callable[[], ModelSpec]:
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def model_names() -> list[str]:
+    _load_builtin()
+    return list(_REGISTRY)
+
+
+def get_spec(name: str) -> ModelSpec:
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise UnknownModelError(f"unknown model {name!r}: registered models are {', '.join(_REGISTRY)}")
+    if name not in _SPECS:
+        _SPECS[name] = _REGISTRY[name]()
+    return _SPECS[name]
+
+
+def create_model(name: str) -> tuple[nn.Module, ModelSpec]:
+    """A fresh model in eval mode with its spec."""
+    spec = get_spec(name)
+    return spec.build().eval(), spec
+
+
+def _load_builtin() -> None:
+    import engine.models  # noqa: F401  (registers the sample models)

@@ -1,0 +1,80 @@
+"""`apply(model, recipe)`: prune -> quantize -> precision -> device, on a deep copy, with provenance.
+
+The fixed order matters: pruning needs float weights, the quantization grid is computed on what
+pruning left (zeros stay exactly zero), and the precision cast comes last.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from engine import storage
+from engine.errors import UserError
+from engine.hardware import precision_note
+from engine.recipe import Recipe
+from engine.registry import ModelSpec
+from engine.transforms import precision, prune, quantize
+
+
+@dataclass
+class Applied:
+    """A compressed model plus how it was made and what it costs to store."""
+
+    model: nn.Module
+    kernels: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    quant: dict[str, quantize.QuantMeta] = field(default_factory=dict)
+    size_bytes: int = 0
+    params_total: int = 0
+    params_nonzero: int = 0
+    param_bytes: int = 0
+    # The float state that `size_bytes` encodes (before any int8 kernel swap), for export.
+    storage_state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def check_device(device: str) -> None:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda cannot run here: no CUDA GPU is visible to PyTorch; use device cpu")
+
+
+def _count(model: nn.Module) -> tuple[int, int, int]:
+    total = nonzero = nbytes = 0
+    for p in model.parameters():
+        total += p.numel()
+        nonzero += int((p != 0).sum())
+        nbytes += p.numel() * p.element_size()
+    return total, nonzero, nbytes
+
+
+def apply(model: nn.Module, recipe: Recipe, spec: ModelSpec) -> Applied:
+    """Return a compressed copy of `model` (never mutated) and the provenance of every step."""
+    check_device(recipe.device)
+    model = copy.deepcopy(model).eval()
+    out = Applied(model=model)
+    step = recipe.prune
+    if step.method == "magnitude":
+        out.kernels.append(prune.magnitude(model, step, spec))
+        out.warnings.append("unstructured sparsity runs on the dense kernel: no speed-up expected "
+                            "(the zeros shrink only the sparse storage size)")
+    elif step.method == "structured":
+        out.kernels.append(prune.structured(model, step, spec))
+    if recipe.quantize.bits is not None:
+        out.quant = quantize.to_grid(model, recipe.quantize)
+    precision.cast(model, recipe.precision)
+    kernel, warning = precision_note(recipe.precision, recipe.device)
+    out.kernels.append({"step": "precision", "kernel": kernel})
+    if warning:
+        out.warnings.append(warning)
+    out.params_total, out.params_nonzero, out.param_bytes = _count(model)
+    out.storage_state = {k: v.detach() for k, v in model.state_dict().items()}
+    out.size_bytes = len(storage.encode(out.storage_state, out.quant, precision.DTYPES[recipe.precision]))
+    if recipe.quantize.bits is not None:
+        # After the storage state is taken: the int8 swap changes the module types, not the stored grid.
+        kernels, warns = quantize.select_kernels(model, recipe.quantize, recipe.device)
+        out.kernels += kernels
+        out.warnings += warns
+    out.model = model.to(recipe.device)
+    return out

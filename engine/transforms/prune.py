@@ -1,0 +1,65 @@
+"""Pruning: unstructured magnitude masks (torch.nn.utils.prune) and structured channel/head removal
+(Torch-Pruning's dependency graph, so coupled layers such as BatchNorm shrink together)."""
+from __future__ import annotations
+
+from torch import nn
+from torch.nn.utils import prune as tprune
+
+from engine.recipe import Prune
+from engine.registry import ModelSpec
+
+PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _skipped(name: str, never: tuple[str, ...]) -> bool:
+    return any(name == n or name.startswith(n + ".") for n in never)
+
+
+def prunable_layers(model: nn.Module, spec: ModelSpec) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE) and not _skipped(n, spec.never_prune)]
+
+
+def magnitude(model: nn.Module, step: Prune, spec: ModelSpec) -> dict:
+    """Zero the smallest-|w| weights; masks are folded in (prune.remove) so the model is plain again."""
+    layers = prunable_layers(model, spec)
+    params = [(m, "weight") for _, m in layers]
+    if step.scope == "global":
+        tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured, amount=step.amount)
+    else:
+        for m, _ in params:
+            tprune.l1_unstructured(m, "weight", amount=step.amount)
+    for m, name in params:
+        tprune.remove(m, name)
+    total = sum(m.weight.numel() for _, m in layers)
+    zeros = sum(int((m.weight == 0).sum()) for _, m in layers)
+    return {"step": "prune", "kernel": f"torch.nn.utils.prune L1 unstructured ({step.scope}); dense kernel runs",
+            "layers": len(layers), "zero_fraction": zeros / max(total, 1)}
+
+
+def structured(model: nn.Module, step: Prune, spec: ModelSpec) -> dict:
+    """Physically remove the lowest-L2 channels (and attention heads where the model declares them)."""
+    import torch_pruning as tp
+
+    before = sum(p.numel() for p in model.parameters())
+    never = [m for n, m in model.named_modules() if n in spec.never_prune]
+    kwargs: dict = {"ignored_layers": never}
+    finalize = None
+    if spec.structured_setup is not None:
+        extra, finalize = spec.structured_setup(model)
+        kwargs["ignored_layers"] = never + extra.pop("ignored_layers", [])
+        kwargs.update(extra)
+        if kwargs.get("prune_num_heads"):
+            kwargs["head_pruning_ratio"] = step.amount
+    for p in model.parameters():  # the dependency graph is traced through autograd
+        p.requires_grad_(True)
+    pruner = tp.pruner.BasePruner(
+        model, spec.example_inputs(1), importance=tp.importance.MagnitudeImportance(p=2),
+        pruning_ratio=step.amount, global_pruning=step.scope == "global", max_pruning_ratio=0.99, **kwargs)
+    pruner.step()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if finalize is not None:
+        finalize(model, pruner)
+    after = sum(p.numel() for p in model.parameters())
+    return {"step": "prune", "kernel": f"Torch-Pruning {tp.__version__} structured ({step.scope}); smaller dense kernels",
+            "params_before": before, "params_after": after}

@@ -1,0 +1,115 @@
+"""Weight quantization to a b-bit grid, and real int8 kernels where the platform has them.
+
+The grid math (asymmetric affine, per channel or per group, exact zero kept so pruned weights stay
+zero) is written here rather than taken from torchao: torchao's 2-7 bit paths run dequantized in
+eager mode anyway and their tensor subclasses cannot be saved as safetensors or exported to ONNX,
+whereas plain float weights that lie on the grid can be, and the codes can be bit-packed for storage.
+For 8-bit `dynamic`, Linear layers are converted with torch.ao's quantize_dynamic (fbgemm/x86 int8
+GEMM), measured here ~5x faster than fp32 on Linear-heavy models.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from engine.hardware import detect
+from engine.recipe import Quantize
+
+QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@dataclass(frozen=True)
+class QuantMeta:
+    """How one weight tensor was quantized: enough to store b-bit codes and rebuild the weight exactly."""
+
+    bits: int
+    group_size: int | None  # None: one group per output channel
+    shape: tuple[int, ...]
+    scale: torch.Tensor  # fp32, one per channel or group
+    zero_point: torch.Tensor  # uint8, one per channel or group
+    codes: torch.Tensor  # uint8 in [0, 2**bits), shape (channels, groups, group) or (channels, 1, n)
+
+
+def _grouped(w: torch.Tensor, group_size: int | None) -> torch.Tensor:
+    flat = w.detach().float().reshape(w.shape[0], -1)
+    if group_size is None:
+        return flat.unsqueeze(1)
+    pad = (-flat.shape[1]) % group_size
+    if pad:
+        flat = torch.nn.functional.pad(flat, (0, pad))
+    return flat.reshape(flat.shape[0], -1, group_size)
+
+
+def quantize_tensor(w: torch.Tensor, bits: int, group_size: int | None) -> QuantMeta:
+    g = _grouped(w, group_size)
+    lo = g.amin(-1, keepdim=True).clamp(max=0.0)
+    hi = g.amax(-1, keepdim=True).clamp(min=0.0)
+    qmax = 2 ** bits - 1
+    scale = ((hi - lo) / qmax).clamp(min=torch.finfo(torch.float32).tiny)
+    zp = torch.round(-lo / scale).clamp(0, qmax)
+    codes = torch.clamp(torch.round(g / scale) + zp, 0, qmax)
+    return QuantMeta(bits, group_size, tuple(w.shape), scale.squeeze(-1), zp.squeeze(-1).to(torch.uint8),
+                     codes.to(torch.uint8))
+
+
+def dequantize(meta: QuantMeta) -> torch.Tensor:
+    """fp32 weight whose values lie on the grid; the storage loader calls this too, so round trips are exact."""
+    g = (meta.codes.float() - meta.zero_point.float().unsqueeze(-1)) * meta.scale.unsqueeze(-1)
+    flat = g.reshape(meta.shape[0], -1)
+    n = 1
+    for d in meta.shape[1:]:
+        n *= d
+    return flat[:, :n].reshape(meta.shape)
+
+
+def to_grid(model: nn.Module, step: Quantize) -> dict[str, QuantMeta]:
+    """Put every Linear/Conv weight on the b-bit grid (in place); return the codes for storage."""
+    group = step.group_size if step.granularity == "per-group" else None
+    metas: dict[str, QuantMeta] = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, QUANTIZABLE):
+            meta = quantize_tensor(mod.weight, step.bits, group)
+            with torch.no_grad():
+                mod.weight.copy_(dequantize(meta).to(mod.weight.dtype))
+            metas[f"{name}.weight"] = meta
+    return metas
+
+
+def select_kernels(model: nn.Module, step: Quantize, device: str) -> tuple[list[dict], list[str]]:
+    """Run the grid weights on the fastest real path: int8 GEMM for `dynamic` Linear layers; everything
+    else runs dequantized, and says so."""
+    n_linear = sum(isinstance(m, nn.Linear) for m in model.modules())
+    n_conv = sum(isinstance(m, QUANTIZABLE) and not isinstance(m, nn.Linear) for m in model.modules())
+    grid = f"{step.bits}-bit {step.granularity}" + (f" (group {step.group_size})" if step.granularity == "per-group" else "")
+    if step.scheme != "dynamic":
+        return ([{"step": "quantize", "kernel": "dequantized float weights (simulated)", "layers": n_linear + n_conv,
+                  "grid": grid}],
+                [f"{step.bits}-bit weight-only quantization runs dequantized on {device}: latency is simulated "
+                 "(that of the float model); size counts the packed codes"])
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's deprecation notice; its kernel is still the fastest here
+        quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+    isa = "VNNI" if detect().cpu_int8_vnni else "AVX2"
+    kernels = [{"step": "quantize", "kernel": f"int8 dynamic GEMM (torch.ao quantize_dynamic, "
+                f"{torch.backends.quantized.engine}, {isa})", "layers": n_linear, "grid": grid}]
+    warns = []
+    if step.bits < 8:
+        warns.append(f"{step.bits}-bit weights are unpacked to int8 for the int8 kernel: latency is that of int8, "
+                     f"size counts packed {step.bits}-bit codes")
+    if n_conv:
+        kernels.append({"step": "quantize", "kernel": "dequantized float conv (simulated)", "layers": n_conv,
+                        "grid": grid})
+        warns.append(f"{n_conv} conv layer(s) have no dynamic int8 kernel: they run dequantized "
+                     "(their share of the latency is simulated)")
+    return kernels, warns
+
+
+def distinct_levels(weight: torch.Tensor, group_size: int | None = None) -> int:
+    """Largest number of distinct values in any channel (or group) of a weight; used to verify grids."""
+    g = _grouped(weight, group_size)
+    return max(len(torch.unique(row)) for row in g.reshape(-1, g.shape[-1]))

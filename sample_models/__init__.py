@@ -1,0 +1,1 @@
+"""Sample models shipped with the project: architectures, their offline data, committed weights."""

