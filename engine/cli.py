@@ -14,9 +14,11 @@ import warnings
 from typing import Any, Sequence
 
 from engine.errors import UserError
+from engine.pareto import DEFAULT_OBJECTIVES
 from engine.recipe import BITS, PRECISIONS, PRUNE_METHODS, PRUNE_SCOPES, Prune, Quantize, Recipe
 
 EXIT_USAGE = 2
+DEFAULT_DB = "results.db"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,14 +57,10 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=1)
 
 
-def default_scheme(precision: str, device: str) -> str:
-    """The fastest real path: int8 activations where the int8 kernel can run, weight-only elsewhere."""
-    return "dynamic" if precision == "fp32" and device == "cpu" else "weight-only"
-
-
 def recipe_from_args(a: argparse.Namespace) -> Recipe:
     from engine.registry import get_spec
 
+    from engine.sweep import default_scheme
     from engine.transforms import check_device
 
     get_spec(a.model)  # unknown model or missing device: clear error before anything runs
@@ -88,7 +86,174 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="quick", choices=["quick", "thorough"])
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("sweep", help="measure a grid of recipes into a results store (resumable)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--prune", type=lambda t: [_amount(x) for x in t.split(",")], default=[0.0],
+                   help="comma-separated amounts, e.g. 0,0.3,0.6,0.9")
+    p.add_argument("--prune-method", type=_list, default=["magnitude"], help="magnitude,structured")
+    p.add_argument("--bits", type=lambda t: [_bits(x) for x in t.split(",")], default=[None], help="e.g. none,8,4")
+    p.add_argument("--precision", type=_list, default=["fp32"], help="e.g. fp32,bf16")
+    p.add_argument("--scheme", type=_list, default=None, help="default: the fastest real path per precision")
+    p.add_argument("--granularity", default="per-channel", choices=["per-channel", "per-group"])
+    p.add_argument("--group-size", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--db", default=DEFAULT_DB, help=f"SQLite results file (default {DEFAULT_DB})")
+    p.add_argument("--profile", default="thorough", choices=["quick", "thorough"])
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--retry-failed", action="store_true", help="measure failed configurations again")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("frontier", help="the non-dominated configurations of a model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--db", default=DEFAULT_DB)
+    p.add_argument("--objectives", default=",".join(DEFAULT_OBJECTIVES),
+                   help="2-3 of accuracy,latency,size,memory,energy,params with :max/:min")
+    p.add_argument("--min-accuracy", default=None, help="absolute (0.95) or relative to baseline (0.99x)")
+    p.add_argument("--all-devices", action="store_true", help="include rows measured on other machines")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("results", help="every stored row, flat")
+    p.add_argument("--db", default=DEFAULT_DB)
+    p.add_argument("--model", default=None)
+    p.add_argument("--format", default="table", choices=["table", "csv", "json"])
     return parser
+
+
+def _list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _open_store(path: str, must_exist: bool = False):
+    from pathlib import Path
+
+    from engine.store import Store
+
+    if must_exist and not Path(path).exists():
+        raise UserError(f"no results database at {path}: run `python -m engine sweep --db {path} ...` first")
+    return Store(path)
+
+
+def cmd_sweep(a: argparse.Namespace) -> dict[str, Any]:
+    from engine.registry import get_spec
+    from engine.sweep import expand_grid, run_sweep
+    from engine.transforms import check_device
+
+    get_spec(a.model)
+    check_device(a.device)
+    for m in a.prune_method:
+        if m not in ("magnitude", "structured"):
+            raise UserError(f"--prune-method={m!r} is not allowed: choose magnitude or structured")
+    recipes, skipped = expand_grid(a.model, a.prune, a.prune_method, a.bits, a.precision, a.scheme,
+                                   a.granularity, a.group_size, a.device, a.batch_size)
+    for s in skipped:
+        print(f"skipped combinations: {s}", file=sys.stderr)
+    bar = _ProgressBar(len(recipes))
+    with _open_store(a.db) as store:
+        summary = run_sweep(recipes, store, profile=a.profile, threads=a.threads, on_progress=bar.update,
+                            retry_failed=a.retry_failed)
+    bar.close()
+    return {"db": a.db, **summary.__dict__, "skipped_combinations": skipped}
+
+
+class _ProgressBar:
+    """configs done / total with ETA on stderr (one redrawn line on a terminal, plain lines otherwise)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.tty = total, sys.stderr.isatty()
+
+    def update(self, done: int, total: int, recipe: Recipe, result, eta: float) -> None:
+        width = 24
+        fill = int(width * done / max(total, 1))
+        status = "FAILED" if result is not None and result.error else "ok"
+        line = (f"[{'#' * fill}{'.' * (width - fill)}] {done}/{total}  ETA {eta:4.0f}s  "
+                f"{recipe.label()} {status}")
+        print(("\r" + line.ljust(100)) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr,
+              flush=True)
+
+    def close(self) -> None:
+        if self.tty:
+            print(file=sys.stderr)
+
+
+def print_sweep(out: dict[str, Any]) -> None:
+    print(f"{out['measured']} measured ({out['failed']} failed), {out['skipped_existing']} already in {out['db']}, "
+          f"{out['total']} in the grid, {out['wall_s']:.1f} s" + ("; stopped early" if out["stopped"] else ""))
+
+
+def cmd_frontier(a: argparse.Namespace) -> dict[str, Any]:
+    from engine.measure.fingerprint import fingerprint
+    from engine.pareto import frontier, parse_min_accuracy, parse_objectives
+
+    objectives = parse_objectives(a.objectives)
+    with _open_store(a.db, must_exist=True) as store:
+        rows = store.rows(model=a.model, device_id=None if a.all_devices else fingerprint()["id"])
+    if not rows:
+        raise UserError(f"no results for model {a.model!r} on this machine in {a.db}: run a sweep first")
+    baseline = next((r["baseline_accuracy"] for r in rows if r["baseline_accuracy"] is not None), None)
+    out = frontier(rows, objectives, parse_min_accuracy(a.min_accuracy, baseline))
+    front = [r for r in out["rows"] if r["on_frontier"]]
+    return {"model": a.model, "objectives": out["objectives"], "min_accuracy": out["min_accuracy"],
+            "hypervolume": out["hypervolume"],
+            "hypervolume_reference": "costs / uncompressed cost; accuracy 0 and 1.1 x the largest normalised cost",
+            "frontier": [_public(r) for r in sorted(front, key=lambda r: -(r["accuracy"] or 0))],
+            "considered": sum(r["eligible"] for r in out["rows"]),
+            "failed": [{"id": r["id"], "label": r["label"], "error": r["error"]} for r in rows if r["error"]]}
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in ("recipe_json", "eligible", "on_frontier")}
+
+
+def print_frontier(out: dict[str, Any]) -> None:
+    names = [o["name"] for o in out["objectives"]]
+    print(f"{out['model']}: {len(out['frontier'])} of {out['considered']} configurations are on the "
+          f"{' / '.join(names)} frontier (hypervolume {out['hypervolume']:.4g})")
+    if out["min_accuracy"] is not None:
+        print(f"constraint: accuracy >= {out['min_accuracy']:.4f}")
+    _table(out["frontier"], ["id", "label", "accuracy", "latency_p50_ms", "size_bytes", "peak_memory_bytes",
+                             "energy_j", "energy_source"])
+    for f in out["failed"]:
+        print(f"failed #{f['id']} {f['label']}: {f['error']}")
+
+
+def cmd_results(a: argparse.Namespace) -> dict[str, Any]:
+    with _open_store(a.db, must_exist=True) as store:
+        rows = store.rows(model=a.model)
+    return {"rows": [_public(r) for r in rows], "format": a.format}
+
+
+def print_results(out: dict[str, Any]) -> None:
+    import csv
+
+    rows = out["rows"]
+    if out["format"] == "json":
+        json.dump(rows, sys.stdout, default=str)
+        print()
+    elif out["format"] == "csv":
+        if rows:
+            w = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    else:
+        _table(rows, ["id", "model", "label", "accuracy", "latency_p50_ms", "size_bytes", "energy_j",
+                      "energy_source", "error"])
+
+
+def _table(rows: list[dict[str, Any]], cols: list[str]) -> None:
+    def cell(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    cells = [[cell(r.get(c)) for c in cols] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
 
 
 def cmd_models(a: argparse.Namespace) -> dict[str, Any]:
@@ -155,7 +320,9 @@ def print_result(r: dict[str, Any]) -> None:
         print(f"  warning    {w}")
 
 
-COMMANDS = {"models": (cmd_models, print_models), "run": (cmd_run, print_result)}
+COMMANDS = {"models": (cmd_models, print_models), "run": (cmd_run, print_result),
+            "sweep": (cmd_sweep, print_sweep), "frontier": (cmd_frontier, print_frontier),
+            "results": (cmd_results, print_results)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,6 +31,9 @@ def sentences() -> list[str]:
 
 def load_model() -> nn.Module:
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     return AutoModel.from_pretrained(model_source()).eval()
 

@@ -26,7 +26,7 @@ class Profile:
 
 PROFILES = {
     "quick": Profile("quick", warmup_calls=5, warmup_s=0.05, min_calls=30, min_s=0.25, max_s=0.6),
-    "thorough": Profile("thorough", warmup_calls=5, warmup_s=0.2, min_calls=100, min_s=1.0, max_s=6.0),
+    "thorough": Profile("thorough", warmup_calls=5, warmup_s=0.15, min_calls=100, min_s=0.35, max_s=4.0),
 }
 
 

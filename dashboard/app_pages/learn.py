@@ -1,0 +1,79 @@
+"""Learn: what each technique does, shown on the live model's own weights (for workshops)."""
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import charts, state
+from engine.hardware import detect
+from engine.inspect import layer_views
+
+st.title("Learn: what compression does to a model")
+recipe, problem = state.safe_recipe()
+if problem:
+    st.error(f"This combination cannot run: {problem}")
+    st.stop()
+st.caption(f"Showing **{recipe.model}** with the Explore settings: {recipe.label()}. Change them in Explore.")
+
+st.markdown("""
+**Pruning** removes weights. *Magnitude* pruning sets the smallest weights (by absolute value) to exactly zero:
+the shape of each layer stays the same, so the ordinary dense matrix multiply still does every multiplication,
+zeros included. It makes the model smaller only if it is *stored* in a sparse format, and faster only with a
+sparse kernel at very high sparsity. *Structured* pruning removes whole channels (or attention heads): the
+layers really become narrower, so every later computation shrinks. Accuracy usually drops more, because whole
+features disappear; a short re-training ("fine-tuning") normally wins much of it back.
+
+**Quantization** stores each weight as one of a few levels: with *b* bits, at most 2^b levels per output channel
+(or per group of weights), plus one scale and zero point per channel. 8 bits keep 256 levels; 2 bits only 4.
+The difference between a weight and its level is the *quantization error* E = W − Q(W), below. The model is
+smaller; it is faster only where the hardware has a kernel that computes on the small integers directly
+(int8 on most CPUs). Otherwise the weights are turned back into floats before use ("dequantized") and the
+speed is that of the float model: this tool then labels the latency *simulated*.
+
+**Numeric precision** is the float format of the computation: fp32 (32 bits), fp16 and bf16 (16 bits each).
+bf16 keeps fp32's range with fewer digits; fp16 keeps more digits with a smaller range. Half the bytes to move;
+faster only where the processor has instructions for it.
+""")
+
+with st.spinner("Comparing the weights before and after…"):
+    views = layer_views(recipe)
+if not views:
+    st.info("This model has no layers to show.")
+    st.stop()
+names = [v.name for v in views]
+name = st.selectbox("Layer", names, key="learn_layer")
+v = views[names.index(name)]
+
+c = st.columns(3)
+c[0].metric("Shape", "×".join(map(str, v.shape_after)),
+            None if v.shape_after == v.shape_before else f"was {'×'.join(map(str, v.shape_before))}",
+            delta_color="off")
+c[1].metric("Zero weights", f"{v.zero_fraction:.0%}")
+c[2].metric("Distinct values in channel 0", v.levels if v.levels is not None else "all (float)",
+            help="With b-bit quantization at most 2^b.")
+
+left, right = st.columns(2)
+left.plotly_chart(charts.histogram_before_after(v.before, v.after, f"{name}: weight values before and after"),
+                  width="stretch", key="learn_hist")
+if v.quant_error is not None:
+    right.plotly_chart(charts.error_histogram(v.quant_error, f"Quantization error ({recipe.quantize.bits} bits)"),
+                       width="stretch", key="learn_err")
+    right.caption(f"Largest |E| in the sample: {abs(v.quant_error).max():.2e}. Fewer bits: wider error.")
+else:
+    right.info("Pick a bit width in Explore to see the quantization error E = W − Q(W).")
+st.plotly_chart(charts.sparsity_heatmap(v.sparsity_map, f"{name}: where the zeros are (dark = all zero)"),
+                width="stretch", key="learn_map")
+
+st.subheader("Why smaller is not always faster on this machine")
+hw = detect()
+st.markdown(f"""
+- This processor: **{hw.cpu_model}**, {hw.logical_cores} cores; instruction sets that matter here:
+  {', '.join(hw.cpu_flags) or 'none detected'}.
+- int8: {'VNNI instructions compute int8 dot products directly, so int8 layers can be several times faster.'
+        if hw.cpu_int8_vnni else 'no VNNI: int8 runs on AVX2 paths, with smaller gains.'}
+- bf16: {'native (AVX512-BF16 / AMX): bf16 models can run faster than fp32.' if hw.cpu_bf16_native
+        else 'not native here: bf16 is converted to fp32 inside kernels, so expect no speed-up.'}
+- fp16: {'native.' if hw.cpu_fp16_native else 'no fast CPU kernel: fp16 is usually *slower* than fp32 on this CPU.'}
+- Tiny models (like the digits ones at batch 1) spend most of their time in fixed per-call overhead, not in
+  arithmetic, so compressing them changes size far more than speed. Larger models and batches show the kernels.
+- Unstructured zeros still go through the dense kernel: no speed-up, whatever the sparsity.
+""")

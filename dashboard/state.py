@@ -1,0 +1,63 @@
+"""Session state: the controls' values, the Recipe they build, and where results are stored."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from engine.errors import RecipeError
+from engine.recipe import Prune, Quantize, Recipe
+from engine.sweep import default_scheme
+
+ROOT = Path(__file__).resolve().parent.parent
+DB_ENV = "COMPRESSION_DASH_DB"
+DEFAULT_MODEL = "digits-cnn"
+BIT_OPTIONS = ["none", 8, 7, 6, 5, 4, 3, 2]
+SCHEME_OPTIONS = ["auto", "dynamic", "weight-only"]
+DEFAULTS = {
+    "model": DEFAULT_MODEL, "prune_amount": 0.0, "prune_method": "structured", "bits": "none",
+    "scheme": "auto", "granularity": "per-channel", "precision": "fp32", "batch_size": 1,
+}
+
+
+def db_path() -> str:
+    """The results store: $COMPRESSION_DASH_DB, else results.db beside the code."""
+    return os.environ.get(DB_ENV) or str(ROOT / "results.db")
+
+
+def init() -> None:
+    for k, v in DEFAULTS.items():
+        st.session_state.setdefault(k, v)
+
+
+def recipe_from_state() -> Recipe:
+    """Build the Recipe the controls describe (raises RecipeError for a combination that cannot run)."""
+    s = st.session_state
+    bits = None if s["bits"] == "none" else int(s["bits"])
+    scheme = default_scheme(s["precision"], "cpu") if s["scheme"] == "auto" else s["scheme"]
+    amount = float(s["prune_amount"])
+    return Recipe(model=s["model"], prune=Prune(s["prune_method"] if amount else "none", amount),
+                  quantize=Quantize(bits=bits, scheme=scheme, granularity=s["granularity"]),
+                  precision=s["precision"], batch_size=int(s["batch_size"]))
+
+
+def load_recipe(recipe: Recipe) -> None:
+    """Put a recipe into the controls (e.g. a point clicked on the frontier)."""
+    s = st.session_state
+    s["model"] = recipe.model
+    s["prune_amount"] = recipe.prune.amount
+    if recipe.prune.method != "none":
+        s["prune_method"] = recipe.prune.method
+    s["bits"] = "none" if recipe.quantize.bits is None else recipe.quantize.bits
+    s["scheme"] = recipe.quantize.scheme if recipe.quantize.bits is not None else "auto"
+    s["granularity"] = recipe.quantize.granularity
+    s["precision"] = recipe.precision
+    s["batch_size"] = recipe.batch_size
+
+
+def safe_recipe() -> tuple[Recipe | None, str | None]:
+    try:
+        return recipe_from_state(), None
+    except RecipeError as exc:
+        return None, str(exc)

@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from engine.errors import UserError
+from engine.pareto import frontier, hypervolume, non_dominated, parse_min_accuracy, parse_objectives
+
+SENSES = ["max", "min", "min"]
+point_sets = arrays(np.float64, st.tuples(st.integers(1, 30), st.just(3)),
+                    elements=st.integers(0, 10).map(float))
+
+
+def dominates(a, b, senses):
+    sa = np.array([-x if s == "max" else x for x, s in zip(a, senses)])
+    sb = np.array([-x if s == "max" else x for x, s in zip(b, senses)])
+    return bool(np.all(sa <= sb) and np.any(sa < sb))
+
+
+@settings(max_examples=150, deadline=None)
+@given(point_sets)
+def test_frontier_properties(pts):
+    mask = non_dominated(pts, SENSES)
+    front = pts[mask]
+    assert mask.any()
+    for p in front:  # nothing on the frontier is dominated
+        assert not any(dominates(q, p, SENSES) for q in pts)
+    for p in pts[~mask]:  # everything else is dominated by a frontier point
+        assert any(dominates(q, p, SENSES) for q in front)
+    perm = np.random.default_rng(0).permutation(len(pts))  # order-independent
+    assert np.array_equal(non_dominated(pts[perm], SENSES), mask[perm])
+
+
+def test_hypervolume_2d_and_3d_known_values():
+    pts = np.array([[1.0, 0.5], [2.0, 1.0]])  # maximise x, minimise y; ref (0, 2)
+    assert hypervolume(pts, ["max", "min"], np.array([0.0, 2.0])) == pytest.approx(1.5 + 2.0 - 1.0)
+    cube = np.array([[1.0, 0.0, 0.0]])
+    assert hypervolume(cube, ["max", "min", "min"], np.array([0.0, 1.0, 2.0])) == pytest.approx(2.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(point_sets)
+def test_hypervolume_depends_only_on_frontier(pts):
+    ref = np.array([-1.0, 11.0, 11.0])
+    assert hypervolume(pts, SENSES, ref) == pytest.approx(hypervolume(pts[non_dominated(pts, SENSES)], SENSES, ref))
+
+
+def test_errors_never_on_frontier_and_constraint():
+    rows = [
+        {"id": 1, "accuracy": 0.99, "latency_p50_ms": 1.0, "size_bytes": 100, "error": None,
+         "prune_method": "none", "bits": None, "precision": "fp32"},
+        {"id": 2, "accuracy": 0.90, "latency_p50_ms": 0.5, "size_bytes": 50, "error": None},
+        {"id": 3, "accuracy": None, "latency_p50_ms": None, "size_bytes": None, "error": "boom"},
+    ]
+    out = frontier(rows, parse_objectives("accuracy:max,latency:min,size:min"))
+    assert [r["on_frontier"] for r in out["rows"]] == [True, True, False]
+    out = frontier(rows, parse_objectives("accuracy,latency"), parse_min_accuracy("0.95x", 0.99))
+    assert [r["on_frontier"] for r in out["rows"]] == [True, False, False]
+
+
+def test_bad_objectives_and_constraints():
+    with pytest.raises(UserError):
+        parse_objectives("accuracy")
+    with pytest.raises(UserError):
+        parse_objectives("accuracy,speed")
+    with pytest.raises(UserError):
+        parse_min_accuracy("lots", 0.9)
+    assert parse_min_accuracy("0.5", None) == 0.5
