@@ -79,7 +79,7 @@ def histogram_before_after(before: np.ndarray, after: np.ndarray, title: str) ->
     fig.add_trace(go.Histogram(x=after, name="compressed", opacity=0.65, nbinsx=80, marker_color=FRONT))
     fig.update_layout(barmode="overlay", title=title, height=300, margin=dict(l=10, r=10, t=40, b=10),
                       template="plotly_white", xaxis_title="weight value", yaxis_title="count",
-                      legend=dict(orientation="h", y=1.15, x=0))
+                      legend=dict(orientation="h", y=1.12, x=1, xanchor="right"))
     return fig
 
 

@@ -27,8 +27,18 @@ def db_path() -> str:
 
 
 def init() -> None:
+    """Run first on every script run, before any widget.
+
+    Re-assigning each control's value keeps it when its page is not shown (Streamlit drops the state of
+    widgets that were not drawn), so Learn and Export see the recipe chosen in Explore. A recipe queued by
+    `request_load` is applied here, before the widgets that own those keys exist.
+    """
+    s = st.session_state
     for k, v in DEFAULTS.items():
-        st.session_state.setdefault(k, v)
+        s[k] = s[k] if k in s else v
+    pending = s.pop("_load", None)
+    if pending is not None:
+        _apply(Recipe.from_dict(pending))
 
 
 def recipe_from_state() -> Recipe:
@@ -42,8 +52,12 @@ def recipe_from_state() -> Recipe:
                   precision=s["precision"], batch_size=int(s["batch_size"]))
 
 
-def load_recipe(recipe: Recipe) -> None:
-    """Put a recipe into the controls (e.g. a point clicked on the frontier)."""
+def request_load(recipe: Recipe) -> None:
+    """Queue a recipe for the controls (e.g. a point clicked on the frontier); applied on the next run."""
+    st.session_state["_load"] = recipe.to_dict()
+
+
+def _apply(recipe: Recipe) -> None:
     s = st.session_state
     s["model"] = recipe.model
     s["prune_amount"] = recipe.prune.amount

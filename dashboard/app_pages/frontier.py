@@ -41,7 +41,7 @@ st.caption(f"{n_front} of {sum(r['eligible'] for r in rows)} configurations on t
 
 
 def load(row_id: int) -> None:
-    state.load_recipe(service.recipe_of_row(row_id, db))
+    state.request_load(service.recipe_of_row(row_id, db))
     st.switch_page(st.session_state["_pages"]["explore"])
 
 

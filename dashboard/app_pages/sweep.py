@@ -37,9 +37,13 @@ b2.button("Stop", key="sw_stop", help="Stops after the configuration being measu
 chart = st.empty()
 
 
+draws = iter(range(10**9))  # each redraw in one run needs its own element key
+
+
 def draw() -> None:
     data = service.model_rows(model, db, ["accuracy:max", "latency:min"])
-    chart.plotly_chart(charts.pareto_figure(data["rows"], "latency_p50_ms", "accuracy"), width="stretch")
+    chart.plotly_chart(charts.pareto_figure(data["rows"], "latency_p50_ms", "accuracy"), width="stretch",
+                       key=f"sweep_chart_{next(draws)}")
 
 
 if run:
