@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 from typing import Any, Sequence
 
 from engine.errors import UserError
@@ -42,8 +43,8 @@ def _amount(text: str) -> float:
         raise UserError(f"--prune={text!r} is not a number: allowed 0 to 0.99") from None
 
 
-def add_recipe_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="registered model name (see `models`)")
+def add_recipe_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", required=required, help="registered model name (see `models`)")
     p.add_argument("--prune", type=_amount, default=0.0, help="fraction of weights/channels to remove, 0-0.99")
     p.add_argument("--prune-method", default="magnitude", choices=[m for m in PRUNE_METHODS if m != "none"])
     p.add_argument("--prune-scope", default="global", choices=PRUNE_SCOPES)
@@ -114,6 +115,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-devices", action="store_true", help="include rows measured on other machines")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("export", help="write a verified bundle (recipe, ONNX, PyTorch weights, storage, report)")
+    p.add_argument("--out", required=True, help="bundle folder to create")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--db", default=None, help="results store: with --id, export that stored row")
+    p.add_argument("--id", type=int, default=None, help="row id from `results` / the dashboard")
+    add_recipe_args(p, required=False)
+    p.add_argument("--profile", default="thorough", choices=["quick", "thorough"])
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("apply", help="re-create a bundle's compressed model from its recipe and compare")
+    p.add_argument("--recipe", required=True, help="recipe.json (a bundle's, or a bare recipe)")
+    p.add_argument("--out", default=None, help="also write a new bundle here")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("results", help="every stored row, flat")
     p.add_argument("--db", default=DEFAULT_DB)
     p.add_argument("--model", default=None)
@@ -126,8 +142,6 @@ def _list(text: str) -> list[str]:
 
 
 def _open_store(path: str, must_exist: bool = False):
-    from pathlib import Path
-
     from engine.store import Store
 
     if must_exist and not Path(path).exists():
@@ -216,6 +230,68 @@ def print_frontier(out: dict[str, Any]) -> None:
                              "energy_j", "energy_source"])
     for f in out["failed"]:
         print(f"failed #{f['id']} {f['label']}: {f['error']}")
+
+
+def cmd_export(a: argparse.Namespace) -> dict[str, Any]:
+    from engine.export import export
+    from engine.measure.fingerprint import fingerprint
+
+    result, rows = None, None
+    if a.id is not None:
+        if not a.db:
+            raise UserError("--id needs --db (the results store the row is in)")
+        with _open_store(a.db, must_exist=True) as store:
+            result = store.get_id(a.id)
+            recipe = Recipe.from_dict(result.recipe)
+            rows = store.rows(model=recipe.model, device_id=result.device.get("id"))
+        if result.error:
+            raise UserError(f"row {a.id} is a failed configuration ({result.error}): nothing to export")
+    elif a.model:
+        recipe = recipe_from_args(a)
+        if a.db:
+            with _open_store(a.db, must_exist=True) as store:
+                rows = store.rows(model=recipe.model, device_id=fingerprint()["id"])
+    else:
+        raise UserError("export needs --db with --id, or --model with the recipe flags")
+    print(f"exporting {recipe.model}: {recipe.label()} to {a.out}", file=sys.stderr)
+    return export(recipe, a.out, result=result, rows=rows, force=a.force, profile=a.profile)
+
+
+def print_export(out: dict[str, Any]) -> None:
+    print(f"wrote {out['out']}: {', '.join(out['files'])}")
+    print(f"  accuracy {out['accuracy']:.4f} in PyTorch, {out['onnx_accuracy']:.4f} in ONNX Runtime "
+          f"(gap {out['gap']:.4f})")
+    print(f"  compressed.bin {fmt_bytes(out['size_bytes'])} vs {fmt_bytes(out['fp32_bytes'])} fp32: "
+          f"{out['compression_ratio']:.1f}x smaller")
+    for w in out["warnings"]:
+        print(f"  warning  {w}")
+
+
+def cmd_apply(a: argparse.Namespace) -> dict[str, Any]:
+    from engine.export import export, read_recipe, reapply
+
+    recipe, record = read_recipe(a.recipe)
+    if a.out and Path(a.out).exists() and not a.force:
+        raise UserError(f"{a.out} already exists: choose another --out or pass --force to replace it")
+    print(f"re-applying {recipe.model}: {recipe.label()}", file=sys.stderr)
+    out = reapply(recipe, record)
+    if a.out:
+        out["bundle"] = export(recipe, a.out, force=a.force)
+    out["error"] = None if out["identical_weights"] is not False and out["same_accuracy"] is not False else \
+        "the re-created model differs from the recorded one"
+    return out
+
+
+def print_apply(out: dict[str, Any]) -> None:
+    print(f"re-created {out['recipe']['model']} (recipe {out['recipe_key']}): accuracy {out['accuracy']:.4f}")
+    if out["recorded_accuracy"] is not None:
+        print(f"  recorded accuracy {out['recorded_accuracy']:.4f}: "
+              f"{'same' if out['same_accuracy'] else 'DIFFERENT'}")
+    if out["recorded_weights_sha256"]:
+        print(f"  weights {'identical' if out['identical_weights'] else 'DIFFERENT'} "
+              f"(sha256 {out['weights_sha256'][:16]})")
+    if out.get("bundle"):
+        print(f"  new bundle: {out['bundle']['out']}")
 
 
 def cmd_results(a: argparse.Namespace) -> dict[str, Any]:
@@ -322,6 +398,7 @@ def print_result(r: dict[str, Any]) -> None:
 
 COMMANDS = {"models": (cmd_models, print_models), "run": (cmd_run, print_result),
             "sweep": (cmd_sweep, print_sweep), "frontier": (cmd_frontier, print_frontier),
+            "export": (cmd_export, print_export), "apply": (cmd_apply, print_apply),
             "results": (cmd_results, print_results)}
 
 

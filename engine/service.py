@@ -79,3 +79,25 @@ def check_db(db: str | Path) -> None:
     if Path(db).is_dir():
         raise UserError(f"{db} is a folder, not a results database file")
     Store(db).close()
+
+
+def bundle_zip(recipe: Recipe, db: str | Path) -> tuple[bytes, dict]:
+    """The export bundle of `recipe` as zip bytes (the same files `python -m engine export` writes),
+    using the stored measurement and the model's stored rows for the report."""
+    import io
+    import tempfile
+    import zipfile
+
+    from engine.export import export
+
+    measured = measure_or_load(recipe, db)
+    with Store(db) as store:
+        rows = store.rows(model=recipe.model, device_id=fingerprint()["id"])
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / f"{recipe.model}-{recipe.key}"
+        summary = export(recipe, folder, result=measured.result, rows=rows)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for f in sorted(folder.iterdir()):
+                zf.write(f, f"{folder.name}/{f.name}")
+    return buf.getvalue(), summary

@@ -113,3 +113,11 @@ def test_export_page_shows_the_recipe(app):
     app.switch_page("app_pages/export.py").run()
     assert not app.exception
     assert any('"amount": 0.5' in c.value for c in app.code)
+
+
+def test_export_page_builds_a_verified_bundle(app):
+    app.sidebar.slider(key="prune_amount").set_value(0.5).run()
+    app.switch_page("app_pages/export.py").run()
+    app.button(key="exp_build").click().run()
+    assert not app.exception
+    assert any("Verified" in s.value for s in app.success)

@@ -2,6 +2,7 @@
 (Torch-Pruning's dependency graph, so coupled layers such as BatchNorm shrink together)."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torch.nn.utils import prune as tprune
 
@@ -52,10 +53,11 @@ def structured(model: nn.Module, step: Prune, spec: ModelSpec) -> dict:
             kwargs["head_pruning_ratio"] = step.amount
     for p in model.parameters():  # the dependency graph is traced through autograd
         p.requires_grad_(True)
-    pruner = tp.pruner.BasePruner(
-        model, spec.example_inputs(1), importance=tp.importance.MagnitudeImportance(p=2),
-        pruning_ratio=step.amount, global_pruning=step.scope == "global", max_pruning_ratio=0.99, **kwargs)
-    pruner.step()
+    with torch.enable_grad():  # also when a caller runs us under no_grad
+        pruner = tp.pruner.BasePruner(
+            model, spec.example_inputs(1), importance=tp.importance.MagnitudeImportance(p=2),
+            pruning_ratio=step.amount, global_pruning=step.scope == "global", max_pruning_ratio=0.99, **kwargs)
+        pruner.step()
     for p in model.parameters():
         p.requires_grad_(False)
     if finalize is not None:
