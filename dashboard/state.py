@@ -16,7 +16,7 @@ DEFAULT_MODEL = "digits-cnn"
 BIT_OPTIONS = ["none", 8, 7, 6, 5, 4, 3, 2]
 SCHEME_OPTIONS = ["auto", "dynamic", "weight-only"]
 DEFAULTS = {
-    "model": DEFAULT_MODEL, "prune_amount": 0.0, "prune_method": "structured", "bits": "none",
+    "model": DEFAULT_MODEL, "prune_amount": 0.0, "prune_method": "structured", "finetune_epochs": 0, "bits": "none",
     "scheme": "auto", "granularity": "per-channel", "precision": "fp32", "batch_size": 1,
 }
 
@@ -47,7 +47,9 @@ def recipe_from_state() -> Recipe:
     bits = None if s["bits"] == "none" else int(s["bits"])
     scheme = default_scheme(s["precision"], "cpu") if s["scheme"] == "auto" else s["scheme"]
     amount = float(s["prune_amount"])
-    return Recipe(model=s["model"], prune=Prune(s["prune_method"] if amount else "none", amount),
+    return Recipe(model=s["model"],
+                  prune=Prune(s["prune_method"] if amount else "none", amount,
+                              finetune_epochs=int(s["finetune_epochs"]) if amount else 0),
                   quantize=Quantize(bits=bits, scheme=scheme, granularity=s["granularity"]),
                   precision=s["precision"], batch_size=int(s["batch_size"]))
 
@@ -63,6 +65,7 @@ def _apply(recipe: Recipe) -> None:
     s["prune_amount"] = recipe.prune.amount
     if recipe.prune.method != "none":
         s["prune_method"] = recipe.prune.method
+    s["finetune_epochs"] = recipe.prune.finetune_epochs
     s["bits"] = "none" if recipe.quantize.bits is None else recipe.quantize.bits
     s["scheme"] = recipe.quantize.scheme if recipe.quantize.bits is not None else "auto"
     s["granularity"] = recipe.quantize.granularity

@@ -48,6 +48,7 @@ def add_recipe_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--prune", type=_amount, default=0.0, help="fraction of weights/channels to remove, 0-0.99")
     p.add_argument("--prune-method", default="magnitude", choices=[m for m in PRUNE_METHODS if m != "none"])
     p.add_argument("--prune-scope", default="global", choices=PRUNE_SCOPES)
+    p.add_argument("--finetune-epochs", type=int, default=0, help="retrain this many epochs after pruning")
     p.add_argument("--bits", type=_bits, default=None, help=f"none or {BITS[0]}-{BITS[-1]}")
     p.add_argument("--scheme", default=None, choices=["weight-only", "dynamic"],
                    help="default: dynamic (real int8 kernel) at fp32 on cpu, weight-only otherwise")
@@ -69,7 +70,8 @@ def recipe_from_args(a: argparse.Namespace) -> Recipe:
     scheme = a.scheme or default_scheme(a.precision, a.device)
     return Recipe(
         model=a.model,
-        prune=Prune(method=a.prune_method if a.prune else "none", amount=a.prune, scope=a.prune_scope),
+        prune=Prune(method=a.prune_method if a.prune else "none", amount=a.prune, scope=a.prune_scope,
+                    finetune_epochs=a.finetune_epochs),
         quantize=Quantize(bits=a.bits, scheme=scheme, granularity=a.granularity, group_size=a.group_size),
         precision=a.precision, device=a.device, batch_size=a.batch_size)
 
@@ -93,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune", type=lambda t: [_amount(x) for x in t.split(",")], default=[0.0],
                    help="comma-separated amounts, e.g. 0,0.3,0.6,0.9")
     p.add_argument("--prune-method", type=_list, default=["magnitude"], help="magnitude,structured")
+    p.add_argument("--finetune-epochs", type=int, default=0, help="retrain pruned configurations this many epochs")
     p.add_argument("--bits", type=lambda t: [_bits(x) for x in t.split(",")], default=[None], help="e.g. none,8,4")
     p.add_argument("--precision", type=_list, default=["fp32"], help="e.g. fp32,bf16")
     p.add_argument("--scheme", type=_list, default=None, help="default: the fastest real path per precision")
@@ -160,7 +163,7 @@ def cmd_sweep(a: argparse.Namespace) -> dict[str, Any]:
         if m not in ("magnitude", "structured"):
             raise UserError(f"--prune-method={m!r} is not allowed: choose magnitude or structured")
     recipes, skipped = expand_grid(a.model, a.prune, a.prune_method, a.bits, a.precision, a.scheme,
-                                   a.granularity, a.group_size, a.device, a.batch_size)
+                                   a.granularity, a.group_size, a.device, a.batch_size, a.finetune_epochs)
     for s in skipped:
         print(f"skipped combinations: {s}", file=sys.stderr)
     bar = _ProgressBar(len(recipes))

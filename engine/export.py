@@ -20,7 +20,6 @@ import tempfile
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -73,10 +72,11 @@ def read_recipe(path: str | Path) -> tuple[Recipe, dict[str, Any]]:
     return recipe, record
 
 
-def _float_recipe(recipe: Recipe) -> Recipe:
-    """Same grid and precision, float weights, on the CPU: the form ONNX and safetensors store."""
-    q = recipe.quantize if recipe.quantize.bits is None else replace(recipe.quantize, scheme="weight-only")
-    return recipe.with_(quantize=q, device="cpu")
+def _stored_form(recipe: Recipe) -> Applied:
+    """The compressed model as plain float modules on the CPU (weights on the grid): what ONNX and
+    safetensors hold. Kernel selection (int8, sparse) happens when a model is loaded to run."""
+    base, spec = base_model(recipe.model)
+    return apply(base, recipe.with_(device="cpu"), spec, kernels=False)
 
 
 def weights_digest(applied: Applied, recipe: Recipe) -> tuple[bytes, str]:
@@ -261,7 +261,7 @@ def export(recipe: Recipe, out: str | Path, *, result: Result | None = None, row
     if result.error:
         raise UserError(f"this configuration failed to run, so there is nothing to export: {result.error}")
     base, _ = base_model(recipe.model)
-    applied = apply(base, _float_recipe(recipe), spec)
+    applied = _stored_form(recipe)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -317,8 +317,7 @@ def reapply(recipe: Recipe, record: dict[str, Any]) -> dict[str, Any]:
     """Re-create the compressed model from the recipe and compare it with what the bundle recorded."""
     spec = get_spec(recipe.model)
     base, _ = base_model(recipe.model)
-    applied = apply(base, _float_recipe(recipe), spec)
-    _, digest = weights_digest(applied, recipe)
+    _, digest = weights_digest(_stored_form(recipe), recipe)
     from engine.runner import evaluate
 
     accuracy = evaluate(apply(base, recipe.with_(device="cpu"), spec), recipe.with_(device="cpu"), spec)["accuracy"]
@@ -335,14 +334,12 @@ def load_torch(bundle: str | Path) -> nn.Module:
     """Rebuild the compressed PyTorch model of a bundle: the recipe re-creates the architecture (pruned
     shapes), the safetensors file supplies the weights; int8 kernels are selected as at measurement."""
     recipe, _ = read_recipe(bundle)
-    spec = get_spec(recipe.model)
-    base, _ = base_model(recipe.model)
-    applied = apply(base, _float_recipe(recipe), spec)
+    applied = _stored_form(recipe)
     try:
         state = load_file(str(Path(bundle) / "model.safetensors"))
     except Exception as exc:
         raise UserError(f"{bundle}/model.safetensors is not a valid safetensors file: {exc}") from None
     applied.model.load_state_dict(state, strict=True)
-    if recipe.quantize.bits is not None and recipe.quantize.scheme == "dynamic":
+    if recipe.quantize.bits is not None:
         select_kernels(applied.model, recipe.quantize, "cpu")
     return applied.model.eval()

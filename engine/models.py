@@ -37,7 +37,14 @@ def _digits_spec(name: str, description: str) -> ModelSpec:
         eval_inputs=lambda: [digits_split()[2]],
         score=score,
         never_prune=("classifier",),
+        finetune=_finetune_digits,
     )
+
+
+def _finetune_digits(model: torch.nn.Module, epochs: int) -> None:
+    from sample_models.train import fit
+
+    fit(model, epochs, lr=5e-4)
 
 
 @register_model("digits-mlp")

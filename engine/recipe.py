@@ -17,6 +17,7 @@ RECIPE_VERSION = 1
 PRUNE_METHODS = ("none", "magnitude", "structured")
 PRUNE_SCOPES = ("global", "layer")
 MAX_PRUNE = 0.99
+MAX_FINETUNE = 50
 BITS = (2, 3, 4, 5, 6, 7, 8)
 SCHEMES = ("weight-only", "dynamic")
 GRANULARITIES = ("per-channel", "per-group")
@@ -36,11 +37,13 @@ def _set(obj: Any, name: str, value: Any) -> None:
 @dataclass(frozen=True)
 class Prune:
     """Remove weights. `magnitude` zeroes the smallest weights (unstructured, shapes unchanged);
-    `structured` removes whole channels / attention heads so tensors really shrink."""
+    `structured` removes whole channels / attention heads so tensors really shrink.
+    `finetune_epochs` retrains the pruned model briefly on the model's training data (zeros stay zero)."""
 
     method: str = "none"
     amount: float = 0.0
     scope: str = "global"
+    finetune_epochs: int = 0
 
     def __post_init__(self) -> None:
         _choice("prune.method", self.method, PRUNE_METHODS)
@@ -50,11 +53,15 @@ class Prune:
         if not 0.0 <= float(self.amount) <= MAX_PRUNE:
             raise RecipeError(f"prune.amount={self.amount!r} is out of range: allowed 0 to {MAX_PRUNE}")
         _set(self, "amount", round(float(self.amount), 4))
+        if isinstance(self.finetune_epochs, bool) or not isinstance(self.finetune_epochs, int) \
+                or not 0 <= self.finetune_epochs <= MAX_FINETUNE:
+            raise RecipeError(f"prune.finetune_epochs={self.finetune_epochs!r} is not allowed: an integer 0 to {MAX_FINETUNE}")
         if self.amount == 0.0 or self.method == "none":
             if self.method == "none" and self.amount > 0:
                 raise RecipeError(f"prune.amount={self.amount} needs prune.method magnitude or structured, not none")
             _set(self, "method", "none")
             _set(self, "scope", "global")
+            _set(self, "finetune_epochs", 0)
 
 
 @dataclass(frozen=True)
@@ -158,7 +165,8 @@ class Recipe:
         """Short human-readable name, e.g. 'structured 50% · int8 dynamic · fp32'."""
         parts = []
         if self.prune.method != "none":
-            parts.append(f"{self.prune.method} {self.prune.amount:.0%}")
+            parts.append(f"{self.prune.method} {self.prune.amount:.0%}"
+                         + (f" +{self.prune.finetune_epochs} ft" if self.prune.finetune_epochs else ""))
         if self.quantize.bits is not None:
             parts.append(f"int{self.quantize.bits} {self.quantize.scheme}")
         parts.append(self.precision)

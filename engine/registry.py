@@ -37,6 +37,8 @@ class ModelSpec:
     never_prune: tuple[str, ...] = ()
     # Optional: extra Torch-Pruning arguments and a fix-up to run after structured pruning.
     structured_setup: Callable[[nn.Module], tuple[dict[str, Any], Callable[[nn.Module, Any], None]]] | None = None
+    # Optional: retrain in place for n epochs on the model's training data (after pruning).
+    finetune: Callable[[nn.Module, int], None] | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 

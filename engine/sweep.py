@@ -27,7 +27,7 @@ def default_scheme(precision: str, device: str) -> str:
 def expand_grid(model: str, prune: Iterable[float] = (0.0,), methods: Iterable[str] = ("magnitude",),
                 bits: Iterable[int | None] = (None,), precisions: Iterable[str] = ("fp32",),
                 schemes: Iterable[str] | None = None, granularity: str = "per-channel", group_size: int = 32,
-                device: str = "cpu", batch_size: int = 1) -> tuple[list[Recipe], list[str]]:
+                device: str = "cpu", batch_size: int = 1, finetune_epochs: int = 0) -> tuple[list[Recipe], list[str]]:
     """All distinct valid recipes of the grid (the uncompressed baseline first), and why others were skipped."""
     recipes: dict[str, Recipe] = {}
     skipped: list[str] = []
@@ -37,7 +37,8 @@ def expand_grid(model: str, prune: Iterable[float] = (0.0,), methods: Iterable[s
         for scheme in (schemes or [default_scheme(prec, device)]):
             try:
                 r = Recipe(model=model,
-                           prune=Prune(method if amount else "none", amount),
+                           prune=Prune(method if amount else "none", amount,
+                                       finetune_epochs=finetune_epochs if amount else 0),
                            quantize=Quantize(bits=b, scheme=scheme, granularity=granularity, group_size=group_size),
                            precision=prec, device=device, batch_size=batch_size)
             except RecipeError as exc:

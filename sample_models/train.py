@@ -23,17 +23,16 @@ BATCH = 64
 LR = 1e-3
 
 
-def train_one(name: str, out_dir: Path = HERE) -> dict:
-    """Train model `name`, save weights as safetensors and a card; return the card."""
-    torch.manual_seed(SEED)
-    torch.set_num_threads(1)
-    x_tr, y_tr, x_te, y_te = digits_split()
-    model = ARCHITECTURES[name]()
-    opt = torch.optim.Adam(model.parameters(), lr=LR)
-    gen = torch.Generator().manual_seed(SEED)
+def fit(model: nn.Module, epochs: int, lr: float = LR, seed: int = SEED) -> None:
+    """Seeded Adam training on the digits training split (also used to fine-tune after pruning)."""
+    torch.manual_seed(seed)
+    x_tr, y_tr, _, _ = digits_split()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    gen = torch.Generator().manual_seed(seed)
     loss_fn = nn.CrossEntropyLoss()
-    for _ in range(EPOCHS):
-        model.train()
+    model.train()
+    for _ in range(epochs):
         order = torch.randperm(len(x_tr), generator=gen)
         for i in range(0, len(order), BATCH):
             idx = order[i:i + BATCH]
@@ -41,6 +40,15 @@ def train_one(name: str, out_dir: Path = HERE) -> dict:
             loss_fn(model(x_tr[idx]), y_tr[idx]).backward()
             opt.step()
     model.eval()
+
+
+def train_one(name: str, out_dir: Path = HERE) -> dict:
+    """Train model `name`, save weights as safetensors and a card; return the card."""
+    torch.set_num_threads(1)
+    x_tr, _, x_te, y_te = digits_split()
+    torch.manual_seed(SEED)
+    model = ARCHITECTURES[name]()
+    fit(model, EPOCHS)
     with torch.no_grad():
         acc = (model(x_te).argmax(1) == y_te).float().mean().item()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()},

@@ -96,3 +96,46 @@ def test_storage_round_trips_exactly_and_counts_real_size(recipe):
 def test_storage_rejects_garbage():
     with pytest.raises(ValueError, match="magic"):
         storage.decode(b"not a model")
+
+
+def test_finetuning_recovers_structured_accuracy_and_keeps_magnitude_zeros():
+    from engine.runner import measure
+
+    plain = measure(Recipe(model="digits-cnn", prune=Prune("structured", 0.5)))
+    tuned = measure(Recipe(model="digits-cnn", prune=Prune("structured", 0.5, finetune_epochs=3)))
+    assert tuned.accuracy > plain.accuracy + 0.1 and tuned.params_total == plain.params_total
+    model, spec = create_model("digits-mlp")
+    out = apply(model, Recipe(model="digits-mlp", prune=Prune("magnitude", 0.8, finetune_epochs=2)), spec)
+    layers = prunable_layers(out.model, spec)
+    zeros = sum(int((m.weight == 0).sum()) for _, m in layers)
+    assert zeros == round(0.8 * sum(m.weight.numel() for _, m in layers))
+
+
+def test_finetuning_a_model_without_training_data_is_a_user_error():
+    from engine.errors import UserError
+    from engine.registry import get_spec
+    from engine.transforms.prune import check_finetune
+
+    with pytest.raises(UserError, match="finetune_epochs"):
+        check_finetune(Prune("magnitude", 0.5, finetune_epochs=2), get_spec("minilm"))
+
+
+def test_sparse_linear_matches_dense_and_is_used_only_when_faster(monkeypatch):
+    from engine.transforms import sparse
+
+    lin = torch.nn.Linear(64, 32)
+    with torch.no_grad():
+        lin.weight[torch.rand_like(lin.weight) < 0.9] = 0
+    x = torch.randn(5, 7, 64)
+    with torch.no_grad():
+        assert torch.allclose(sparse.SparseLinear(lin)(x), lin(x), atol=1e-5)
+    net = torch.nn.Sequential(lin)
+    times = iter([1.0, 0.5])  # dense, then sparse: sparse 2x faster
+    monkeypatch.setattr(sparse, "_time", lambda fn, calls=15: next(times))
+    info = sparse.sparsify(net, lambda: net(x))
+    assert info["layers"] == 1 and isinstance(net[0], sparse.SparseLinear)
+    slow = torch.nn.Sequential(torch.nn.Linear(64, 32))
+    with torch.no_grad():
+        slow[0].weight.zero_()
+    times = iter([0.5, 1.0])
+    assert sparse.sparsify(slow, lambda: slow(x))["layers"] == 0 and type(slow[0]) is torch.nn.Linear

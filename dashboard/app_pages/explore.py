@@ -7,6 +7,7 @@ from dashboard import charts, state, ui
 from engine import service
 from engine.errors import UserError
 from engine.pareto import OBJECTIVES
+from engine.registry import get_spec
 from engine.recipe import Recipe
 
 db = state.db_path()
@@ -19,6 +20,11 @@ with st.sidebar:
     st.radio("Pruning method", ["structured", "magnitude"], key="prune_method", horizontal=True,
              help="structured removes whole channels/heads (tensors shrink, kernels get faster); magnitude zeroes "
                   "single weights (smaller when stored sparse, but the dense kernel runs as before).")
+    can_finetune = get_spec(s["model"]).finetune is not None
+    st.slider("Fine-tune epochs after pruning", 0, 10, key="finetune_epochs",
+              disabled=not can_finetune or s["prune_amount"] == 0,
+              help="Retrain the pruned model briefly on its training data (zeros stay zero). "
+                   + ("" if can_finetune else "This model ships no training data."))
     st.select_slider("Quantization bits", options=state.BIT_OPTIONS, key="bits",
                      help="Weights on a grid of at most 2^bits levels per channel. none = float weights.")
     st.radio("Numeric precision", ["fp32", "fp16", "bf16"], key="precision", horizontal=True)

@@ -16,7 +16,7 @@ from engine.errors import UserError
 from engine.hardware import precision_note
 from engine.recipe import Recipe
 from engine.registry import ModelSpec
-from engine.transforms import precision, prune, quantize
+from engine.transforms import precision, prune, quantize, sparse
 
 
 @dataclass
@@ -49,16 +49,18 @@ def _count(model: nn.Module) -> tuple[int, int, int]:
     return total, nonzero, nbytes
 
 
-def apply(model: nn.Module, recipe: Recipe, spec: ModelSpec) -> Applied:
-    """Return a compressed copy of `model` (never mutated) and the provenance of every step."""
+def apply(model: nn.Module, recipe: Recipe, spec: ModelSpec, kernels: bool = True) -> Applied:
+    """Return a compressed copy of `model` (never mutated) and the provenance of every step.
+
+    With `kernels=False` the result stays a plain float model whose weights lie on the grid (what
+    export and storage need); otherwise the fastest real kernels are selected for it.
+    """
     check_device(recipe.device)
     model = copy.deepcopy(model).eval()
     out = Applied(model=model)
     step = recipe.prune
     if step.method == "magnitude":
         out.kernels.append(prune.magnitude(model, step, spec))
-        out.warnings.append("unstructured sparsity runs on the dense kernel: no speed-up expected "
-                            "(the zeros shrink only the sparse storage size)")
     elif step.method == "structured":
         out.kernels.append(prune.structured(model, step, spec))
     if recipe.quantize.bits is not None:
@@ -71,10 +73,30 @@ def apply(model: nn.Module, recipe: Recipe, spec: ModelSpec) -> Applied:
     out.params_total, out.params_nonzero, out.param_bytes = _count(model)
     out.storage_state = {k: v.detach() for k, v in model.state_dict().items()}
     out.size_bytes = len(storage.encode(out.storage_state, out.quant, precision.DTYPES[recipe.precision]))
-    if recipe.quantize.bits is not None:
-        # After the storage state is taken: the int8 swap changes the module types, not the stored grid.
-        kernels, warns = quantize.select_kernels(model, recipe.quantize, recipe.device)
-        out.kernels += kernels
-        out.warnings += warns
-    out.model = model.to(recipe.device)
+    model.to(recipe.device)
+    if kernels:
+        _select_kernels(out, recipe, spec)
     return out
+
+
+def _select_kernels(out: Applied, recipe: Recipe, spec: ModelSpec) -> None:
+    """After the storage state is taken: swapping modules changes how the model runs, not what it stores."""
+    if recipe.quantize.bits is not None:
+        k, w = quantize.select_kernels(out.model, recipe.quantize, recipe.device)
+        out.kernels += k
+        out.warnings += w
+    if recipe.prune.method != "magnitude":
+        return
+    sparse_info = None
+    if recipe.device == "cpu" and recipe.precision == "fp32":
+        inputs = precision.cast_inputs(spec.example_inputs(recipe.batch_size), recipe.precision, recipe.device)
+        sparse_info = sparse.sparsify(out.model, lambda: spec.forward(out.model, inputs))
+    if sparse_info and sparse_info["layers"]:
+        out.kernels.append(sparse_info)
+        dense_left = sparse_info["candidates"] - sparse_info["layers"]
+        if dense_left:
+            out.warnings.append(f"{dense_left} sparse layer(s) stayed on the dense kernel (sparse was not faster "
+                                "for them here): their zeros give no speed-up")
+    else:
+        out.warnings.append("unstructured sparsity runs on the dense kernel here (no sparse kernel was faster): "
+                            "no speed-up expected; the zeros shrink only the sparse storage size")

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as tprune
 
+from engine.errors import UserError
 from engine.recipe import Prune
 from engine.registry import ModelSpec
 
@@ -20,8 +21,28 @@ def prunable_layers(model: nn.Module, spec: ModelSpec) -> list[tuple[str, nn.Mod
     return [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE) and not _skipped(n, spec.never_prune)]
 
 
+def check_finetune(step: Prune, spec: ModelSpec) -> None:
+    if step.finetune_epochs and spec.finetune is None:
+        raise UserError(f"prune.finetune_epochs={step.finetune_epochs} is not available for {spec.name}: "
+                        "it ships no training data; use 0")
+
+
+def _finetune(model: nn.Module, step: Prune, spec: ModelSpec) -> None:
+    """Retrain the pruned copy (gradients on, then off again: the copy came from a frozen base)."""
+    if not step.finetune_epochs:
+        return
+    for p in model.parameters():
+        p.requires_grad_(True)
+    with torch.enable_grad():
+        spec.finetune(model, step.finetune_epochs)
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
 def magnitude(model: nn.Module, step: Prune, spec: ModelSpec) -> dict:
-    """Zero the smallest-|w| weights; masks are folded in (prune.remove) so the model is plain again."""
+    """Zero the smallest-|w| weights; fine-tune with the masks in place (zeros stay zero); then fold the
+    masks in (prune.remove) so the model is plain again."""
+    check_finetune(step, spec)
     layers = prunable_layers(model, spec)
     params = [(m, "weight") for _, m in layers]
     if step.scope == "global":
@@ -29,18 +50,20 @@ def magnitude(model: nn.Module, step: Prune, spec: ModelSpec) -> dict:
     else:
         for m, _ in params:
             tprune.l1_unstructured(m, "weight", amount=step.amount)
+    _finetune(model, step, spec)
     for m, name in params:
         tprune.remove(m, name)
     total = sum(m.weight.numel() for _, m in layers)
     zeros = sum(int((m.weight == 0).sum()) for _, m in layers)
-    return {"step": "prune", "kernel": f"torch.nn.utils.prune L1 unstructured ({step.scope}); dense kernel runs",
-            "layers": len(layers), "zero_fraction": zeros / max(total, 1)}
+    return {"step": "prune", "kernel": f"torch.nn.utils.prune L1 unstructured ({step.scope})",
+            "layers": len(layers), "zero_fraction": zeros / max(total, 1), "finetune_epochs": step.finetune_epochs}
 
 
 def structured(model: nn.Module, step: Prune, spec: ModelSpec) -> dict:
     """Physically remove the lowest-L2 channels (and attention heads where the model declares them)."""
     import torch_pruning as tp
 
+    check_finetune(step, spec)
     before = sum(p.numel() for p in model.parameters())
     never = [m for n, m in model.named_modules() if n in spec.never_prune]
     kwargs: dict = {"ignored_layers": never}
@@ -62,6 +85,7 @@ def structured(model: nn.Module, step: Prune, spec: ModelSpec) -> dict:
         p.requires_grad_(False)
     if finalize is not None:
         finalize(model, pruner)
+    _finetune(model, step, spec)
     after = sum(p.numel() for p in model.parameters())
     return {"step": "prune", "kernel": f"Torch-Pruning {tp.__version__} structured ({step.scope}); smaller dense kernels",
-            "params_before": before, "params_after": after}
+            "params_before": before, "params_after": after, "finetune_epochs": step.finetune_epochs}
