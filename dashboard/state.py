@@ -73,8 +73,11 @@ def _apply(recipe: Recipe) -> None:
     s["batch_size"] = recipe.batch_size
 
 
-def safe_recipe() -> tuple[Recipe | None, str | None]:
+def recipe_or_stop() -> Recipe:
+    """The controls' recipe; for a combination that cannot run, say why in the page and stop it there."""
     try:
-        return recipe_from_state(), None
+        return recipe_from_state()
     except RecipeError as exc:
-        return None, str(exc)
+        st.error(f"This combination cannot run: {exc}", icon=":material/block:")
+        st.stop()
+        raise  # unreachable: st.stop() ends the run

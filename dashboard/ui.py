@@ -5,16 +5,7 @@ import streamlit as st
 
 from engine import service
 from engine.runner import Result
-
-
-def fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "n/a"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
+from engine.units import fmt_bytes
 
 
 def _pct(new: float | None, old: float | None) -> str | None:

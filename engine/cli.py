@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from engine.errors import UserError
 from engine.pareto import DEFAULT_OBJECTIVES
 from engine.recipe import BITS, PRECISIONS, PRUNE_METHODS, PRUNE_SCOPES, Prune, Quantize, Recipe
+from engine.units import fmt_bytes
 
 EXIT_USAGE = 2
 DEFAULT_DB = "results.db"
@@ -61,7 +62,6 @@ def add_recipe_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 def recipe_from_args(a: argparse.Namespace) -> Recipe:
     from engine.registry import get_spec
-
     from engine.sweep import default_scheme
     from engine.transforms import check_device
 
@@ -336,8 +336,8 @@ def _table(rows: list[dict[str, Any]], cols: list[str]) -> None:
 
 
 def cmd_models(a: argparse.Namespace) -> dict[str, Any]:
-    from engine.runner import base_model
     from engine.registry import model_names
+    from engine.runner import base_model
 
     rows = []
     for name in model_names():
@@ -361,16 +361,6 @@ def cmd_run(a: argparse.Namespace) -> dict[str, Any]:
     recipe = recipe_from_args(a)
     print(f"measuring {recipe.model}: {recipe.label()} ({a.profile})", file=sys.stderr)
     return measure(recipe, profile=a.profile, threads=a.threads).to_dict()
-
-
-def fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "n/a"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def print_result(r: dict[str, Any]) -> None:

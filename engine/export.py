@@ -151,11 +151,13 @@ def _export_onnx(applied: Applied, recipe: Recipe, spec: ModelSpec, path: Path) 
             "output": {"name": "output", "dtype": "float32"}}
 
 
-def onnx_session(path: Path):
+def onnx_session(path: Path, threads: int | None = None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 

@@ -34,16 +34,21 @@ def measure_or_load(recipe: Recipe, db: str | Path, profile: str = "quick") -> M
     dev = fingerprint()["id"]
     with Store(db) as store:
         hit = store.get(recipe, dev, __version__)
-        if hit is not None:
-            row = [r for r in store.rows(model=recipe.model, device_id=dev) if r["recipe_key"] == recipe.key]
-            return Measured(hit, row[0]["id"], True)
+    if hit is not None:
+        return Measured(hit[1], hit[0], True)
     result = measure(recipe, profile=profile)
     with Store(db) as store:
         return Measured(result, store.put(result), False)
 
 
 def seed_grid(model: str) -> list[Recipe]:
-    return expand_grid(model, **SEED_GRID)[0]
+    """The starter grid; halved for large models, whose every point takes seconds on a laptop CPU."""
+    from engine.runner import base_model
+
+    grid = dict(SEED_GRID)
+    if sum(p.numel() for p in base_model(model)[0].parameters()) > 1_000_000:
+        grid.update(methods=["structured"], bits=[None, 8])
+    return expand_grid(model, **grid)[0]
 
 
 def missing(recipes: list[Recipe], db: str | Path, profile: str = "quick") -> list[Recipe]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
 from engine.errors import UserError
@@ -122,11 +122,12 @@ class Store:
         return int(rid)
 
     # --- reads -------------------------------------------------------------------------------
-    def get(self, recipe: Recipe, device_id: str, engine_version: str) -> Result | None:
+    def get(self, recipe: Recipe, device_id: str, engine_version: str) -> tuple[int, Result] | None:
+        """(row id, result) of this configuration on this device, if stored."""
         row = self.conn.execute(
-            "SELECT result_json FROM results WHERE model=? AND recipe_key=? AND device_id=? AND engine_version=?",
+            "SELECT id, result_json FROM results WHERE model=? AND recipe_key=? AND device_id=? AND engine_version=?",
             (recipe.model, recipe.key, device_id, engine_version)).fetchone()
-        return Result.from_dict(json.loads(row[0])) if row else None
+        return (int(row[0]), Result.from_dict(json.loads(row[1]))) if row else None
 
     def get_id(self, row_id: int) -> Result:
         row = self.conn.execute("SELECT result_json FROM results WHERE id=?", (row_id,)).fetchone()

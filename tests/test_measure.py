@@ -1,7 +1,6 @@
 import time
 
 import numpy as np
-import pytest
 import torch
 
 from engine.measure import energy, latency, memory

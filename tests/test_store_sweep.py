@@ -25,7 +25,7 @@ def test_store_round_trip_on_a_real_file(tmp_path):
         assert s.put(r) == rid  # same configuration on the same device: one row
         back = s.get_id(rid)
         assert back.to_dict() == json.loads(json.dumps(r.to_dict(), default=str))
-        assert s.get(Recipe.from_dict(r.recipe), r.device["id"], r.engine_version).accuracy == r.accuracy
+        assert s.get(Recipe.from_dict(r.recipe), r.device["id"], r.engine_version)[1].accuracy == r.accuracy
     con = sqlite3.connect(db)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "1"

@@ -50,7 +50,7 @@ def test_weights_lie_on_a_b_bit_grid(digits, bits, granularity):
     q = Quantize(bits=bits, scheme="weight-only", granularity=granularity, group_size=16)
     out = apply(model, Recipe(model=spec.name, quantize=q), spec)
     group = 16 if granularity == "per-group" else None
-    for name, meta in out.quant.items():
+    for name in out.quant:
         w = out.model.get_submodule(name.rsplit(".", 1)[0]).weight
         assert distinct_levels(w, group) <= 2 ** bits
 

@@ -7,8 +7,8 @@ from dashboard import charts, state, ui
 from engine import service
 from engine.errors import UserError
 from engine.pareto import OBJECTIVES
-from engine.registry import get_spec
 from engine.recipe import Recipe
+from engine.registry import get_spec
 
 db = state.db_path()
 s = st.session_state
@@ -35,10 +35,7 @@ with st.sidebar:
         st.number_input("Batch size", 1, 512, key="batch_size")
 
 st.title("Explore compression trade-offs")
-recipe, problem = state.safe_recipe()
-if problem:
-    st.error(f"This combination cannot run: {problem}", icon=":material/block:")
-    st.stop()
+recipe = state.recipe_or_stop()
 
 st.caption(f"**{recipe.model}** · {recipe.label()} · recipe `{recipe.key}` · results in `{db}`")
 try:

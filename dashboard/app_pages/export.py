@@ -11,10 +11,7 @@ from engine.errors import UserError
 
 db = state.db_path()
 st.title("Export the chosen configuration")
-recipe, problem = state.safe_recipe()
-if problem:
-    st.error(f"This combination cannot run: {problem}")
-    st.stop()
+recipe = state.recipe_or_stop()
 st.write(f"**{recipe.model}** · {recipe.label()} · recipe `{recipe.key}`")
 
 left, right = st.columns([3, 2])

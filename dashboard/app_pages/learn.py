@@ -5,13 +5,10 @@ import streamlit as st
 
 from dashboard import charts, state
 from engine.hardware import detect
-from engine.inspect import layer_views
+from engine.weight_views import layer_views
 
 st.title("Learn: what compression does to a model")
-recipe, problem = state.safe_recipe()
-if problem:
-    st.error(f"This combination cannot run: {problem}")
-    st.stop()
+recipe = state.recipe_or_stop()
 st.caption(f"Showing **{recipe.model}** with the Explore settings: {recipe.label()}. Change them in Explore.")
 
 st.markdown("""

@@ -69,7 +69,8 @@ def sparsify(model: nn.Module, run: Callable[[], Any]) -> dict | None:
             if x is None:
                 continue
             sparse = SparseLinear(lin)
-            dense_s, sparse_s = _time(lambda: lin(x)), _time(lambda: sparse(x))
+            dense_s = _time(lambda lin=lin, x=x: lin(x))
+            sparse_s = _time(lambda sparse=sparse, x=x: sparse(x))
             if dense_s / sparse_s >= MIN_SPEEDUP:
                 parent, _, child = name.rpartition(".")
                 setattr(model.get_submodule(parent) if parent else model, child, sparse)

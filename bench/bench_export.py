@@ -1,0 +1,59 @@
+"""What a user would deploy instead: ONNX Runtime latency of the exported model beside the engine's own.
+
+    python -m bench.bench_export [--out bench/RESULTS-export.md]
+
+Both timed with the same `thorough` protocol (warm-up, per-call perf_counter_ns, p50) in one run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from engine.export import export, onnx_feed, onnx_session  # noqa: E402
+from engine.measure.fingerprint import fingerprint  # noqa: E402
+from engine.measure.latency import PROFILES, time_calls  # noqa: E402
+from engine.recipe import Quantize, Recipe  # noqa: E402
+from engine.registry import get_spec  # noqa: E402
+from engine.runner import default_threads, measure  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(Path(__file__).with_name("RESULTS-export.md")))
+    args = parser.parse_args()
+    torch.set_num_threads(default_threads())
+    fp = fingerprint()
+    lines = ["# Export benchmark: ONNX Runtime vs the engine, same recipe, same machine", "",
+             f"Machine: {fp['cpu']}, {fp['logical_cores']} logical cores; torch {fp['torch']}; "
+             f"{time.strftime('%Y-%m-%d')}. `python -m bench.bench_export`.", "",
+             "| model | batch | recipe | engine p50 ms | ONNX Runtime p50 ms | ORT / engine | accuracy engine / ORT |",
+             "|---|---|---|---|---|---|---|"]
+    for model, batch in (("digits-cnn", 1), ("digits-cnn", 64), ("minilm", 1), ("minilm", 16)):
+        spec = get_spec(model)
+        for name, recipe in (("fp32", Recipe(model=model, batch_size=batch)),
+                             ("int8 dynamic", Recipe(model=model, batch_size=batch,
+                                                     quantize=Quantize(8, "dynamic")))):
+            result = measure(recipe, profile="thorough")
+            with tempfile.TemporaryDirectory() as tmp:
+                summary = export(recipe, Path(tmp) / "b", result=result)
+                session = onnx_session(Path(tmp) / "b" / "model.onnx", threads=default_threads())
+                feed = onnx_feed(session, spec.example_inputs(batch))
+                ort = time_calls(lambda: session.run(None, feed), PROFILES["thorough"])
+            eng = result.latency_ms["p50"]
+            lines.append(f"| {model} | {batch} | {name} | {eng:.3f} | {ort.p50:.3f} | {ort.p50 / eng:.2f} | "
+                         f"{result.accuracy:.4f} / {summary['onnx_accuracy']:.4f} |")
+            print(lines[-1], flush=True)
+    lines += ["", "Both run with the same number of intra-op threads; int8 in ONNX Runtime is ONNX Runtime's dynamic "
+              "quantization (MatMulInteger/ConvInteger), the engine's is torch.ao's fbgemm/x86 kernel (Linear only)."]
+    Path(args.out).write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
