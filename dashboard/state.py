@@ -8,6 +8,7 @@ import streamlit as st
 
 from engine.errors import RecipeError
 from engine.recipe import Prune, Quantize, Recipe
+from engine.registry import get_spec
 from engine.sweep import default_scheme
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,7 +18,7 @@ BIT_OPTIONS = ["none", 8, 7, 6, 5, 4, 3, 2]
 SCHEME_OPTIONS = ["auto", "dynamic", "weight-only"]
 DEFAULTS = {
     "model": DEFAULT_MODEL, "prune_amount": 0.0, "prune_method": "structured", "finetune_epochs": 0, "bits": "none",
-    "scheme": "auto", "granularity": "per-channel", "precision": "fp32", "batch_size": 1,
+    "scheme": "auto", "granularity": "per-channel", "precision": "fp32", "batch_size": 1, "device": "cpu",
 }
 
 
@@ -45,13 +46,14 @@ def recipe_from_state() -> Recipe:
     """Build the Recipe the controls describe (raises RecipeError for a combination that cannot run)."""
     s = st.session_state
     bits = None if s["bits"] == "none" else int(s["bits"])
-    scheme = default_scheme(s["precision"], "cpu") if s["scheme"] == "auto" else s["scheme"]
+    scheme = default_scheme(s["precision"], s["device"]) if s["scheme"] == "auto" else s["scheme"]
     amount = float(s["prune_amount"])
+    can_finetune = get_spec(s["model"]).finetune is not None  # the control is disabled where it cannot apply
     return Recipe(model=s["model"],
                   prune=Prune(s["prune_method"] if amount else "none", amount,
-                              finetune_epochs=int(s["finetune_epochs"]) if amount else 0),
+                              finetune_epochs=int(s["finetune_epochs"]) if amount and can_finetune else 0),
                   quantize=Quantize(bits=bits, scheme=scheme, granularity=s["granularity"]),
-                  precision=s["precision"], batch_size=int(s["batch_size"]))
+                  precision=s["precision"], device=s["device"], batch_size=int(s["batch_size"]))
 
 
 def request_load(recipe: Recipe) -> None:
@@ -71,6 +73,7 @@ def _apply(recipe: Recipe) -> None:
     s["granularity"] = recipe.quantize.granularity
     s["precision"] = recipe.precision
     s["batch_size"] = recipe.batch_size
+    s["device"] = recipe.device
 
 
 def recipe_or_stop() -> Recipe:
