@@ -317,12 +317,13 @@ def export(recipe: Recipe, out: str | Path, *, result: Result | None = None, row
 
 def reapply(recipe: Recipe, record: dict[str, Any]) -> dict[str, Any]:
     """Re-create the compressed model from the recipe and compare it with what the bundle recorded."""
-    spec = get_spec(recipe.model)
-    base, _ = base_model(recipe.model)
-    _, digest = weights_digest(_stored_form(recipe), recipe)
     from engine.runner import evaluate
 
-    accuracy = evaluate(apply(base, recipe.with_(device="cpu"), spec), recipe.with_(device="cpu"), spec)["accuracy"]
+    base, spec = base_model(recipe.model)
+    recipe = recipe.with_(device="cpu")
+    applied = apply(base, recipe, spec)  # the stored state is taken before kernels are chosen: one pass serves both
+    _, digest = weights_digest(applied, recipe)
+    accuracy = evaluate(applied, recipe, spec)["accuracy"]
     recorded = (record.get("metrics") or {}).get("accuracy")
     out = {"recipe": recipe.to_dict(), "recipe_key": recipe.key, "accuracy": accuracy,
            "recorded_accuracy": recorded, "weights_sha256": digest,

@@ -49,10 +49,9 @@ def _map(w: torch.Tensor) -> np.ndarray:
 def layer_views(recipe: Recipe, max_layers: int = 8) -> list[LayerView]:
     """Before/after weights, quantization error and sparsity for the first `max_layers` prunable layers."""
     base, spec = base_model(recipe.model)
-    pruned_only = apply(base, recipe.with_(quantize=Quantize(), precision="fp32"), spec).storage_state
-    full = apply(base, recipe.with_(quantize=recipe.quantize if recipe.quantize.scheme == "weight-only"
-                                    else Quantize(recipe.quantize.bits, "weight-only", recipe.quantize.granularity,
-                                                  recipe.quantize.group_size), device="cpu"), spec).storage_state
+    pruned_only = apply(base, recipe.with_(quantize=Quantize(), precision="fp32", device="cpu"), spec,
+                        kernels=False).storage_state
+    full = apply(base, recipe.with_(device="cpu"), spec, kernels=False).storage_state
     rng = np.random.default_rng(0)
     views = []
     for name, mod in prunable_layers(base, spec)[:max_layers]:

@@ -5,6 +5,7 @@ import streamlit as st
 
 from dashboard import charts, state
 from engine.hardware import detect
+from engine.recipe import Recipe
 from engine.weight_views import layer_views
 
 st.title("Learn: what compression does to a model")
@@ -31,8 +32,14 @@ bf16 keeps fp32's range with fewer digits; fp16 keeps more digits with a smaller
 faster only where the processor has instructions for it.
 """)
 
+@st.cache_data(max_entries=16, show_spinner=False)
+def views_of(recipe_json: str):
+    """Per recipe, once: switching layers must not re-run pruning and fine-tuning."""
+    return layer_views(Recipe.from_json(recipe_json))
+
+
 with st.spinner("Comparing the weights before and after…"):
-    views = layer_views(recipe)
+    views = views_of(recipe.to_json())
 if not views:
     st.info("This model has no layers to show.")
     st.stop()
