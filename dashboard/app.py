@@ -13,26 +13,30 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import streamlit as st  # noqa: E402
 
-from dashboard import state  # noqa: E402
-from engine.hardware import detect  # noqa: E402
-from engine.registry import get_spec, model_names  # noqa: E402
+from dashboard import state, ui  # noqa: E402
+from engine import api  # noqa: E402
+from engine.core.hardware import detect  # noqa: E402
+from engine.models import model_names  # noqa: E402
 
-st.set_page_config(page_title="Compression trade-offs", page_icon=":material/compress:", layout="wide")
+# No icons: the icon font behind ":material/...:" names is fetched from the network (an offline room has none),
+# and emoji need a colour font that not every machine has.
+st.set_page_config(page_title="Compression trade-offs", layout="wide")
 state.init()
 
 PAGES = {
-    "explore": st.Page("app_pages/explore.py", title="Explore", icon=":material/tune:", default=True),
-    "frontier": st.Page("app_pages/frontier.py", title="Frontier", icon=":material/scatter_plot:"),
-    "sweep": st.Page("app_pages/sweep.py", title="Sweep", icon=":material/grid_on:"),
-    "learn": st.Page("app_pages/learn.py", title="Learn", icon=":material/school:"),
-    "export": st.Page("app_pages/export.py", title="Export", icon=":material/download:"),
+    "explore": st.Page("app_pages/explore.py", title="Explore", default=True),
+    "frontier": st.Page("app_pages/frontier.py", title="Frontier"),
+    "sweep": st.Page("app_pages/sweep.py", title="Sweep"),
+    "learn": st.Page("app_pages/learn.py", title="Learn"),
+    "export": st.Page("app_pages/export.py", title="Export"),
 }
 st.session_state["_pages"] = PAGES
 
 with st.sidebar:
     st.selectbox("Model", model_names(), key="model", help="Registered models (sample models ship offline).")
-    spec = get_spec(st.session_state["model"])
-    st.caption(f"{spec.task}. Metric: {spec.metric}.")
+    with ui.guard("This model cannot be loaded"):
+        spec = api.check_model(st.session_state["model"])
+    st.caption(f"{spec.task}. {'Fidelity' if spec.metric_kind == 'fidelity' else 'Metric'}: {spec.metric}.")
     hw = detect()
     if hw.gpu_name:
         st.radio("Device", ["cpu", "cuda"], key="device", horizontal=True,
@@ -42,4 +46,6 @@ with st.sidebar:
     st.caption(f"Machine: {hw.cpu_model}, {hw.logical_cores} cores"
                f"{', ' + ', '.join(hw.cpu_flags) if hw.cpu_flags else ''}. GPU: {hw.gpu_name or 'none'}.")
 
+with ui.guard("The results store cannot be used"):
+    api.stored_models(state.db_path())  # a damaged or foreign file: one message here, not one per page
 st.navigation(list(PAGES.values())).run()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from engine.figures import AXIS_LABELS, CURRENT, FRONT, pareto_figure  # noqa: F401  (one Pareto plot everywhere)
+from engine.figures import AXIS_LABELS, CURRENT, FRONT, axis_label, legend_note, pareto_figure  # noqa: F401
 
 
 def histogram_before_after(before: np.ndarray, after: np.ndarray, title: str) -> go.Figure:

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from engine.errors import RecipeError
-from engine.recipe import Prune, Quantize, Recipe
-from engine.registry import get_spec
-from engine.sweep import default_scheme
+from engine import api
+from engine.core.errors import UserError
+from engine.core.recipe import Recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 DB_ENV = "COMPRESSION_DASH_DB"
@@ -43,17 +42,15 @@ def init() -> None:
 
 
 def recipe_from_state() -> Recipe:
-    """Build the Recipe the controls describe (raises RecipeError for a combination that cannot run)."""
+    """Build the Recipe the controls describe (raises UserError for a combination that cannot run)."""
     s = st.session_state
-    bits = None if s["bits"] == "none" else int(s["bits"])
-    scheme = default_scheme(s["precision"], s["device"]) if s["scheme"] == "auto" else s["scheme"]
     amount = float(s["prune_amount"])
-    can_finetune = get_spec(s["model"]).finetune is not None  # the control is disabled where it cannot apply
-    return Recipe(model=s["model"],
-                  prune=Prune(s["prune_method"] if amount else "none", amount,
-                              finetune_epochs=int(s["finetune_epochs"]) if amount and can_finetune else 0),
-                  quantize=Quantize(bits=bits, scheme=scheme, granularity=s["granularity"]),
-                  precision=s["precision"], device=s["device"], batch_size=int(s["batch_size"]))
+    can_finetune = api.check_model(s["model"]).finetune is not None  # the control is disabled where it cannot apply
+    return api.recipe_from_fields(
+        s["model"], prune=amount, prune_method=s["prune_method"],
+        finetune_epochs=int(s["finetune_epochs"]) if can_finetune else 0,
+        bits=None if s["bits"] == "none" else int(s["bits"]), scheme=None if s["scheme"] == "auto" else s["scheme"],
+        granularity=s["granularity"], precision=s["precision"], device=s["device"], batch_size=int(s["batch_size"]))
 
 
 def request_load(recipe: Recipe) -> None:
@@ -80,7 +77,7 @@ def recipe_or_stop() -> Recipe:
     """The controls' recipe; for a combination that cannot run, say why in the page and stop it there."""
     try:
         return recipe_from_state()
-    except RecipeError as exc:
-        st.error(f"This combination cannot run: {exc}", icon=":material/block:")
+    except UserError as exc:
+        st.error(f"This combination cannot run: {exc}")
         st.stop()
         raise  # unreachable: st.stop() ends the run

@@ -1,15 +1,47 @@
-"""Shared page pieces: number formatting, metric cards, provenance, the seeded frontier."""
+"""Shared page pieces: error messages, metric cards, provenance, background jobs and the live chart."""
 from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
 
 import streamlit as st
 
-from engine import service
-from engine.runner import Result
-from engine.units import fmt_bytes
+from dashboard import charts, state
+from engine import api
+from engine.core.errors import UserError
+from engine.core.result import Result
+from engine.core.units import fmt_bytes, fmt_energy, fmt_ms, fmt_speedup
+from engine.results.pareto import OBJECTIVES
+
+
+def plain(message: str) -> str:
+    """A message without the server's folders in it (file names are kept)."""
+    db = Path(state.db_path()).resolve()
+    for folder in (str(db.parent) + "/", str(state.ROOT) + "/", str(Path.home()) + "/"):
+        message = message.replace(folder, "")
+    return message
+
+
+@contextmanager
+def guard(what: str) -> Iterator[None]:
+    """Turn any failure into one short message in the page, then stop this run of the page."""
+    try:
+        yield
+    except UserError as exc:
+        st.error(f"{what}: {plain(str(exc))}")
+        st.stop()
+    except Exception as exc:  # noqa: BLE001  (the server must keep serving; the message says what broke)
+        st.error(f"{what}: {type(exc).__name__}: {plain(str(exc))[:300]}")
+        st.stop()
+
+
+def metric_name(r: Result) -> str:
+    return "Fidelity" if r.metric_kind == "fidelity" else "Accuracy"
 
 
 def _pct(new: float | None, old: float | None) -> str | None:
-    if new is None or old in (None, 0):
+    if new is None or old in (None, 0) or new == old:
         return None
     return f"{(new - old) / old:+.0%}"
 
@@ -19,15 +51,20 @@ def metric_cards(r: Result, base: Result | None) -> None:
     c = st.columns(5)
     b = base if base is not None and base.error is None else None
     acc_delta = None if b is None else f"{(r.accuracy - b.accuracy) * 100:+.1f} pts"
-    c[0].metric("Accuracy", f"{r.accuracy:.3f}", acc_delta, help=f"{r.metric}. Baseline {r.baseline_accuracy:.4f}. "
+    c[0].metric(metric_name(r), f"{r.accuracy:.3f}", acc_delta,
+                help=f"{r.metric}. Baseline {r.baseline_accuracy:.4f}. "
                 + " · ".join(f"{k}: {v:.3f}" for k, v in r.extra_metrics.items()))
     lat = r.latency_ms or {}
-    c[1].metric("Latency p50", f"{lat.get('p50', 0):.3f} ms",
-                _pct(lat.get("p50"), b.latency_ms["p50"] if b else None), delta_color="inverse",
-                help=f"p90 {lat.get('p90', 0):.3f} ms · p99 {lat.get('p99', 0):.3f} ms"
+    speed = None if b is None or r.speedup is None else fmt_speedup(r.speedup)
+    c[1].metric("Latency p50", fmt_ms(lat.get("p50")), speed,
+                delta_color="normal" if (r.speedup or 1) >= 1 else "inverse",
+                help=f"p90 {fmt_ms(lat.get('p90'))} · p99 {fmt_ms(lat.get('p99'))}"
                      f"{'' if lat.get('p99_reliable') else ' (p99 from < 100 calls)'} · IQR/median "
                      f"{lat.get('iqr_ratio', 0):.0%} · {lat.get('calls')} calls, batch {lat.get('batch_size')}, "
-                     f"{lat.get('threads')} threads · {lat.get('method')}")
+                     f"{lat.get('threads')} of {lat.get('threads_requested')} threads · other work used "
+                     f"{lat.get('foreign_cpu', 0):.2f} cores · {lat.get('method')}. The change is the paired "
+                     f"speed-up: timed in alternating blocks with the uncompressed model (spread "
+                     f"{(r.speedup_spread or 0):.0%}).")
     c[2].metric("Stored size", fmt_bytes(r.size_bytes), _pct(r.size_bytes, r.baseline_size_bytes),
                 delta_color="inverse",
                 help="Bytes of the compressed storage format: packed b-bit codes + scales, sparse tensors as "
@@ -37,33 +74,57 @@ def metric_cards(r: Result, base: Result | None) -> None:
                 _pct(r.peak_memory_bytes, b.peak_memory_bytes if b else None), delta_color="inverse",
                 help=r.memory_source)
     src = r.energy_source or "n/a"
-    c[4].metric(f"Energy ({'estimated' if src.startswith('estimated') else 'measured'})",
-                f"{(r.energy_j or 0) * 1e3:.3g} mJ", _pct(r.energy_j, b.energy_j if b else None),
-                delta_color="inverse", help=f"per inference · {src} · {r.energy_note}")
+    c[4].metric(f"Energy ({'estimated' if src.startswith('estimated') else 'measured'})", fmt_energy(r.energy_j),
+                _pct(r.energy_j, b.energy_j if b else None), delta_color="inverse",
+                help=f"per inference · {src} · {r.energy_note}")
 
 
 def provenance(r: Result) -> None:
-    for w in r.warnings:
-        st.warning(w, icon=":material/info:")
+    """The caveats in one collapsible box, then how each step ran."""
+    if r.warnings:
+        with st.expander(f"Caveats ({len(r.warnings)})", expanded=r.contended):
+            for w in r.warnings:
+                st.markdown(f"- {w}")
     with st.expander("How this ran (kernels, device, timing)"):
-        st.table([{"step": k["step"], "kernel": k["kernel"],
-                   "detail": ", ".join(f"{a}={b}" for a, b in k.items() if a not in ("step", "kernel"))}
-                  for k in r.kernels])
+        st.table([{"step": k.step, "kernel": k.kernel + (" (simulated)" if k.simulated else ""),
+                   "detail": ", ".join(f"{a}={b}" for a, b in k.detail.items())} for k in r.kernels])
         d = r.device
         st.caption(f"{d.get('cpu')} · {d.get('logical_cores')} cores · flags {', '.join(d.get('cpu_flags', []))} · "
                    f"GPU {d.get('gpu') or 'none'} · torch {d.get('torch')} · profile {r.profile} · "
                    f"measured in {r.wall_s or 0:.2f} s")
 
 
-def ensure_seeded(model: str, db: str) -> None:
-    """First visit: measure a small grid so the frontier is not empty (progress shown; resumable)."""
-    todo = service.missing(service.seed_grid(model), db)
-    if len(todo) <= 0:
-        return
-    bar = st.progress(0.0, text=f"Measuring {len(todo)} starter configurations for the frontier…")
+def start_background(name: str, recipes, db: str, profile: str = "quick", remeasure: bool = False) -> int | None:
+    """Send recipes to the measuring process as a background job, remembered under `name` in this session."""
+    job = api.start_sweep(recipes, db, api.worker(), profile, remeasure)
+    st.session_state[f"_job_{name}"] = job
+    return job
 
-    def progress(done, total, recipe, result, eta):
-        bar.progress(done / total, text=f"Starter frontier: {done}/{total} · {recipe.label()} · ETA {eta:.0f} s")
 
-    service.sweep(todo, db, profile="quick", on_progress=progress)
-    bar.empty()
+def job_status(name: str):
+    job = st.session_state.get(f"_job_{name}")
+    return None if job is None else api.worker().status(job)
+
+
+def live_frontier(model: str, db: str, job_name: str, cost: str, current_key: str | None, metric_kind: str,
+                  chart_key: str) -> None:
+    """The accuracy-vs-cost plot; while a background job runs it redraws every 2 s with its progress."""
+    running = (job_status(job_name) is not None) and not job_status(job_name).finished
+
+    def draw() -> None:
+        status = job_status(job_name)
+        if status is not None and not status.finished:
+            st.progress(status.done / max(status.total, 1),
+                        text=f"Measuring in the background: {status.done}/{status.total}"
+                             + (f" · now {status.current}" if status.current else "")
+                             + (f" · about {status.eta_s:.0f} s left" if status.eta_s else ""))
+        elif running:  # it finished since the last full run: let the whole page catch up
+            st.rerun()
+        data = api.model_rows(model, db, ["accuracy", cost])
+        fig = charts.pareto_figure(data["rows"], x=OBJECTIVES[cost][0], y="accuracy", current_key=current_key,
+                                   metric_kind=metric_kind)
+        st.plotly_chart(fig, key=chart_key, width="stretch")
+        st.caption(charts.legend_note(data["rows"], cost == "energy")
+                   + (f" · {data['damaged']} damaged row(s) skipped" if data["damaged"] else ""))
+
+    st.fragment(draw, run_every=2.0 if running else None)()

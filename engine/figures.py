@@ -6,68 +6,115 @@ import pandas as pd
 import plotly.graph_objects as go
 
 AXIS_LABELS = {
-    "accuracy": "accuracy (metric of the model)",
+    "accuracy": "accuracy",
     "latency_p50_ms": "latency p50 (ms)",
     "size_bytes": "stored size (KiB)",
     "peak_memory_bytes": "peak memory (KiB)",
     "energy_j": "energy per inference (mJ)",
     "params_nonzero": "non-zero parameters",
+    "speedup": "speed-up vs uncompressed (×, paired)",
 }
 SCALE = {"size_bytes": 1 / 1024, "peak_memory_bytes": 1 / 1024, "energy_j": 1e3}
-FRONT, DOMINATED, CURRENT = "#2563eb", "#c7cdd6", "#f97316"
+# Error bars: the spread of the per-block medians (latency), of the per-pair ratios (speed-up).
+ERRORS = {"latency_p50_ms": ("latency_block_q25_ms", "latency_block_q75_ms")}
+FRONT, DOMINATED, CURRENT = "#2563eb", "#94a3b8", "#f97316"
+LOG_SPAN = 10.0  # an axis whose values span more than this factor is drawn logarithmic
+
+
+def axis_label(column: str, metric_kind: str = "accuracy") -> str:
+    if column == "accuracy" and metric_kind == "fidelity":
+        return "fidelity to fp32 (cosine)"
+    return AXIS_LABELS.get(column, column)
 
 
 def _col(df: pd.DataFrame, c: str) -> pd.Series:
-    return df[c].astype(float) * SCALE.get(c, 1.0)
+    return pd.to_numeric(df[c], errors="coerce").astype(float) * SCALE.get(c, 1.0)
 
 
-def pareto_figure(rows: list[dict], x: str, y: str, current_key: str | None = None,
-                  color: str | None = None, height: int = 460) -> go.Figure:
-    """Every eligible configuration: frontier points joined and emphasised, dominated ones grey,
-    estimated-energy points drawn hollow, the current recipe ringed."""
+def _log_axis(values: pd.Series) -> bool:
+    v = values[values > 0]
+    return len(v) > 1 and v.max() / v.min() > LOG_SPAN
+
+
+def _errors(df: pd.DataFrame, column: str, values: pd.Series) -> dict | None:
+    if column == "speedup" and "speedup_spread" in df:
+        half = values * pd.to_numeric(df["speedup_spread"], errors="coerce").fillna(0) / 2
+        return dict(type="data", array=half, arrayminus=half, visible=True, thickness=1, width=0, color="#cbd5e1")
+    if column not in ERRORS or not set(ERRORS[column]) <= set(df):
+        return None
+    lo, hi = (_col(df, c) for c in ERRORS[column])
+    return dict(type="data", array=(hi - values).clip(lower=0).fillna(0), arrayminus=(values - lo).clip(lower=0).fillna(0),
+                visible=True, thickness=1, width=0, color="#cbd5e1")
+
+
+def _symbols(base: str, df: pd.DataFrame, energy_plotted: bool) -> np.ndarray:
+    """Hollow: measured while the machine was busy (or by an older engine): not trusted, off the frontier.
+    With a dot: energy estimated, not measured (only marked where energy is plotted)."""
+    hollow = ~df["trusted"].astype(bool)
+    dotted = df["energy_source"].fillna("").str.startswith("estimated") & energy_plotted
+    return np.array([base + ("-open" if h else "") + ("-dot" if d else "") for h, d in zip(hollow, dotted)])
+
+
+def pareto_figure(rows: list[dict], x: str, y: str, current_key: str | None = None, color: str | None = None,
+                  height: int = 460, metric_kind: str = "accuracy") -> go.Figure:
+    """Every configuration that ran and meets the constraint: frontier points joined and emphasised,
+    dominated ones grey, untrusted (contended) ones hollow, estimated-energy ones dotted, the current one ringed."""
     fig = go.Figure()
-    df = pd.DataFrame([r for r in rows if r.get("eligible")])
+    df = pd.DataFrame([r for r in rows if r.get("shown", r.get("eligible"))])
     if df.empty:
         fig.add_annotation(text="No measured configurations yet", showarrow=False, font=dict(size=16))
         fig.update_layout(height=height, xaxis=dict(visible=False), yaxis=dict(visible=False))
         return fig
+    if "trusted" not in df:
+        df["trusted"] = True
     df["_x"], df["_y"] = _col(df, x), _col(df, y)
-    estimated = df["energy_source"].fillna("").str.startswith("estimated")
-    hover = ("<b>%{customdata[1]}</b><br>" + AXIS_LABELS.get(x, x) + ": %{x:.4g}<br>" + AXIS_LABELS.get(y, y)
-             + ": %{y:.4g}<br>energy: %{customdata[2]}<br>row #%{customdata[0]}<extra></extra>")
-    df["_energy"] = [f"{e * 1e3:.3g} mJ ({s})" if e == e and e is not None else "n/a"
-                     for e, s in zip(df["energy_j"], df["energy_source"].fillna(""))]
-    custom = np.stack([df["id"], df["label"], df["_energy"]], axis=1)
-    marker_color: object = DOMINATED
-    colorbar = None
-    if color and color in df:
-        marker_color, colorbar = _col(df, color), dict(title=AXIS_LABELS.get(color, color))
-    dom = ~df["on_frontier"].astype(bool)
-    fig.add_trace(go.Scatter(
-        x=df["_x"][dom], y=df["_y"][dom], mode="markers", name="dominated",
-        customdata=custom[dom.to_numpy()], hovertemplate=hover,
-        marker=dict(size=9, color=marker_color if colorbar is None else marker_color[dom], opacity=0.75,
-                    symbol=np.where(estimated[dom], "circle-open", "circle"),
-                    colorscale="Viridis" if colorbar else None, line=dict(width=1.2, color="#94a3b8"))))
-    front = df[~dom].sort_values("_x")
-    fig.add_trace(go.Scatter(
-        x=front["_x"], y=front["_y"], mode="lines+markers", name="Pareto frontier",
-        customdata=custom[(~dom).to_numpy()][np.argsort(df["_x"][~dom].to_numpy(), kind="stable")],
-        hovertemplate=hover, line=dict(color=FRONT, width=2, shape="hv" if x != "accuracy" else "linear"),
-        marker=dict(size=12, color=FRONT if colorbar is None else _col(front, color), colorbar=colorbar,
-                    colorscale="Viridis" if colorbar else None,
-                    symbol=np.where(estimated[~dom].reindex(front.index), "diamond-open", "diamond"),
-                    line=dict(width=1.5, color=FRONT))))
+    energy_plotted = "energy_j" in (x, y, color)
+    hover = ("<b>%{customdata[1]}</b><br>" + axis_label(x, metric_kind) + ": %{x:.4g}<br>" + axis_label(y, metric_kind)
+             + ": %{y:.4g}<br>%{customdata[2]}<br>row #%{customdata[0]}<extra></extra>")
+    df["_note"] = [("energy " + (f"{e * 1e3:.3g} mJ ({s})" if e == e and e is not None else "n/a"))
+                   + ("" if t else "<br><i>measured while the machine was busy: re-measure</i>")
+                   for e, s, t in zip(df["energy_j"], df["energy_source"].fillna(""), df["trusted"])]
+    custom = np.stack([df["id"], df["label"], df["_note"]], axis=1)
+    colorbar = dict(title=axis_label(color, metric_kind)) if color and color in df else None
+    for name, mask, symbol, size in (("dominated", ~df["on_frontier"].astype(bool), "circle", 9),
+                                     ("Pareto frontier", df["on_frontier"].astype(bool), "diamond", 12)):
+        part = df[mask].sort_values("_x")
+        if part.empty:
+            continue
+        front = name != "dominated"
+        marker = dict(size=size, symbol=_symbols(symbol, part, energy_plotted),
+                      color=(_col(part, color) if colorbar else (FRONT if front else DOMINATED)),
+                      colorscale="Viridis" if colorbar else None, colorbar=colorbar if front else None,
+                      cmin=_col(df, color).min() if colorbar else None, cmax=_col(df, color).max() if colorbar else None,
+                      line=dict(width=1.5, color=FRONT if front else DOMINATED), opacity=1.0 if front else 0.8)
+        fig.add_trace(go.Scatter(
+            x=part["_x"], y=part["_y"], mode="lines+markers" if front and not colorbar else "markers", name=name,
+            customdata=custom[df.index.get_indexer(part.index)], hovertemplate=hover, marker=marker,
+            error_x=_errors(part, x, part["_x"]), error_y=_errors(part, y, part["_y"]),
+            line=dict(color=FRONT, width=2, shape="hv" if "accuracy" not in (x, y) else "linear")))
     if current_key is not None and (df["recipe_key"] == current_key).any():
         cur = df[df["recipe_key"] == current_key].iloc[0]
         fig.add_trace(go.Scatter(x=[cur["_x"]], y=[cur["_y"]], mode="markers", name="this configuration",
                                  hoverinfo="skip",
                                  marker=dict(size=22, color="rgba(0,0,0,0)", line=dict(width=3, color=CURRENT))))
     fig.update_layout(
-        height=height, margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=1.08, x=0),
-        xaxis_title=AXIS_LABELS.get(x, x), yaxis_title=AXIS_LABELS.get(y, y), template="plotly_white",
+        height=height, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=1.02, x=0, yanchor="bottom"),
+        xaxis_title=axis_label(x, metric_kind), yaxis_title=axis_label(y, metric_kind), template="plotly_white",
         clickmode="event+select")
-    if estimated.any():
-        fig.add_annotation(text="hollow markers: energy estimated, not measured", xref="paper", yref="paper",
-                           x=1, y=-0.12, showarrow=False, font=dict(size=11, color="#64748b"), xanchor="right")
+    if _log_axis(df["_x"]):
+        fig.update_xaxes(type="log")
+    if _log_axis(df["_y"]):
+        fig.update_yaxes(type="log")
     return fig
+
+
+def legend_note(rows: list[dict], energy_plotted: bool) -> str:
+    """One line under a Pareto plot saying what the marker styles mean, for the styles present."""
+    shown = [r for r in rows if r.get("shown")]
+    notes = ["diamonds joined: the frontier", "grey circles: dominated"]
+    if any(not r.get("trusted", True) for r in shown):
+        notes.append("hollow: measured while the machine was busy (not on the frontier until re-measured)")
+    if energy_plotted and any(str(r.get("energy_source", "")).startswith("estimated") for r in shown):
+        notes.append("dot inside: energy estimated from CPU time, not measured")
+    notes.append("bars: spread between timing blocks")
+    return " · ".join(notes)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from pathlib import Path
 
 import torch
 from torch import nn
 
 SENTENCES_FILE = Path(__file__).resolve().parent / "minilm_sentences.txt"
-# A user may point this at their own checkout of the model or, on a connected machine, a hub id.
+# A user may point this at their own copy of the model or, on a connected machine, a hub id.
 SOURCE_ENV = "COMPRESSION_DASH_MINILM"
+MAX_TOKENS = 64
 
 
 def model_source() -> str:
@@ -27,26 +27,6 @@ def model_source() -> str:
 def sentences() -> list[str]:
     lines = SENTENCES_FILE.read_text(encoding="utf-8").splitlines()
     return [s.strip() for s in lines if s.strip() and not s.startswith("#")]
-
-
-def load_model() -> nn.Module:
-    from transformers import AutoModel
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
-    return AutoModel.from_pretrained(model_source()).eval()
-
-
-@lru_cache(maxsize=1)
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model_source())
-
-
-def encode(texts: list[str]) -> dict[str, torch.Tensor]:
-    return dict(tokenizer()(texts, padding=True, truncation=True, max_length=64, return_tensors="pt"))
 
 
 def embed(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -1,4 +1,6 @@
-"""One real end-to-end check: `streamlit run` + headless Chromium, move a control, see numbers and plot change."""
+"""One real end-to-end check: `streamlit run` (started from another folder, as a user might) + headless
+Chromium: move a control, see numbers and plot change; the server listens on loopback only and the page asks
+no other host for anything."""
 from __future__ import annotations
 
 import os
@@ -29,11 +31,12 @@ def _free_port() -> int:
 def server(tmp_path_factory):
     port = _free_port()
     env = {**os.environ, "COMPRESSION_DASH_DB": str(tmp_path_factory.mktemp("e2e") / "results.db")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    # Started from `/` with only a port: the address, statistics and error settings must come from the
+    # project's own config beside the script, whatever folder a user launches from.
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"),
+                             "--server.port", str(port)], cwd="/", env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    url = f"http://localhost:{port}"
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
@@ -44,7 +47,7 @@ def server(tmp_path_factory):
     else:
         proc.kill()
         pytest.fail("streamlit did not become healthy: " + proc.stdout.read().decode(errors="replace")[-2000:])
-    yield url
+    yield url, proc
     proc.terminate()
     proc.wait(timeout=20)
 
@@ -54,16 +57,32 @@ def _metric(page, label: str) -> str:
     return card.locator('[data-testid="stMetricValue"]').inner_text()
 
 
+def test_the_server_listens_on_loopback_only(server):
+    import ipaddress
+
+    import psutil
+
+    _, proc = server
+    listening = [c.laddr.ip for c in psutil.Process(proc.pid).net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN]
+    assert listening and all(ipaddress.ip_address(ip).is_loopback for ip in listening), listening
+
+
 def test_move_a_control_and_the_numbers_and_plot_change(server):
+    from urllib.parse import urlparse
+
     from playwright.sync_api import sync_playwright
 
+    url, _ = server
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
             "--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--no-first-run"])
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
-        page.goto(server)
+        hosts = set()
+        page.on("request", lambda req: hosts.add(urlparse(req.url).hostname))
+        page.goto(url)
         page.wait_for_selector('[data-testid="stMetric"]', timeout=90_000)
         page.wait_for_selector(".js-plotly-plot .scatterlayer .point", timeout=90_000)
         size_before = _metric(page, "Stored size")
@@ -87,3 +106,4 @@ def test_move_a_control_and_the_numbers_and_plot_change(server):
         browser.close()
     assert size_after != size_before
     assert points_after > points_before  # the new configuration joined the plot
+    assert hosts <= {"localhost", "127.0.0.1", None}, hosts  # nothing asked of any other host

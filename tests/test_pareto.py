@@ -4,8 +4,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from engine.errors import UserError
-from engine.pareto import frontier, hypervolume, non_dominated, parse_min_accuracy, parse_objectives
+from engine import __version__
+from engine.core.errors import UserError
+from engine.results.pareto import frontier, hypervolume, non_dominated, parse_min_accuracy, parse_objectives
 
 SENSES = ["max", "min", "min"]
 point_sets = arrays(np.float64, st.tuples(st.integers(1, 30), st.just(3)),
@@ -47,11 +48,12 @@ def test_hypervolume_depends_only_on_frontier(pts):
 
 
 def test_errors_never_on_frontier_and_constraint():
+    v = __version__
     rows = [
         {"id": 1, "accuracy": 0.99, "latency_p50_ms": 1.0, "size_bytes": 100, "error": None,
-         "prune_method": "none", "bits": None, "precision": "fp32"},
-        {"id": 2, "accuracy": 0.90, "latency_p50_ms": 0.5, "size_bytes": 50, "error": None},
-        {"id": 3, "accuracy": None, "latency_p50_ms": None, "size_bytes": None, "error": "boom"},
+         "prune_method": "none", "bits": None, "precision": "fp32", "engine_version": v},
+        {"id": 2, "accuracy": 0.90, "latency_p50_ms": 0.5, "size_bytes": 50, "error": None, "engine_version": v},
+        {"id": 3, "accuracy": None, "latency_p50_ms": None, "size_bytes": None, "error": "boom", "engine_version": v},
     ]
     out = frontier(rows, parse_objectives("accuracy:max,latency:min,size:min"))
     assert [r["on_frontier"] for r in out["rows"]] == [True, True, False]
@@ -59,11 +61,34 @@ def test_errors_never_on_frontier_and_constraint():
     assert [r["on_frontier"] for r in out["rows"]] == [True, False, False]
 
 
-def test_bad_objectives_and_constraints():
+def test_contended_rows_are_shown_but_kept_off_the_frontier_unless_asked():
+    v = __version__
+    rows = [
+        {"id": 1, "accuracy": 0.99, "latency_p50_ms": 1.0, "error": None, "engine_version": v},
+        {"id": 2, "accuracy": 0.99, "latency_p50_ms": 0.1, "error": None, "engine_version": v, "latency_contended": 1},
+        {"id": 3, "accuracy": 0.99, "latency_p50_ms": 0.2, "error": None, "engine_version": "0.0.1"},
+    ]
+    out = frontier(rows, parse_objectives("accuracy,latency"))["rows"]
+    assert [r["shown"] for r in out] == [True] * 3 and [r["trusted"] for r in out] == [True, False, False]
+    assert [r["on_frontier"] for r in out] == [True, False, False]
+    out = frontier(rows, parse_objectives("accuracy,latency"), include_untrusted=True)["rows"]
+    assert [r["on_frontier"] for r in out] == [False, True, False]
+
+
+@pytest.mark.parametrize("spec", ["accuracy", "accuracy,speed", "latency:min,latency:max", "accuracy,latency:max",
+                                  "accuracy,latency,size,memory"])
+def test_bad_objectives(spec):
     with pytest.raises(UserError):
-        parse_objectives("accuracy")
-    with pytest.raises(UserError):
-        parse_objectives("accuracy,speed")
-    with pytest.raises(UserError):
-        parse_min_accuracy("lots", 0.9)
+        parse_objectives(spec)
+
+
+@pytest.mark.parametrize("text", ["lots", "nan", "inf", "-0.1", "1.5", "nanx", "2x"])
+def test_bad_constraints(text):
+    with pytest.raises(UserError, match="min accuracy"):
+        parse_min_accuracy(text, 0.9)
+
+
+def test_constraints():
     assert parse_min_accuracy("0.5", None) == 0.5
+    assert parse_min_accuracy("0.9x", 0.5) == pytest.approx(0.45)
+    assert [o.sense for o in parse_objectives("accuracy,latency,speedup")] == ["max", "min", "max"]

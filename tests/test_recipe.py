@@ -4,14 +4,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.errors import RecipeError
-from engine.recipe import Prune, Quantize, Recipe
+from engine.core.errors import RecipeError
+from engine.core.recipe import Prune, Quantize, Recipe
 
 
 def test_defaults_round_trip():
     r = Recipe(model="digits-mlp")
     assert Recipe.from_json(r.to_json()) == r
     assert r.key == Recipe.from_dict(json.loads(r.to_json())).key
+    assert r.is_baseline and r.baseline() == r
 
 
 recipes = st.builds(
@@ -39,9 +40,18 @@ def test_canonicalisation_makes_equal_recipes_equal():
     assert a == b and a.key == b.key
 
 
+def test_from_fields_is_the_one_builder():
+    r = Recipe.from_fields("digits-cnn", prune=0.5, prune_method="structured", bits=8)
+    assert r.prune == Prune("structured", 0.5) and r.quantize.scheme == "dynamic"  # the real int8 kernel at fp32/cpu
+    assert Recipe.from_fields("digits-cnn", bits=8, precision="bf16").quantize.scheme == "weight-only"
+    assert Recipe.from_fields("digits-cnn", prune=0.0, prune_method="structured").prune == Prune()
+    assert r.baseline() == Recipe(model="digits-cnn") and not r.is_baseline
+
+
 @pytest.mark.parametrize("build, field", [
     (lambda: Prune("magnitude", 1.5), "prune.amount"),
     (lambda: Prune("magnitude", -0.1), "prune.amount"),
+    (lambda: Prune("magnitude", float("nan")), "prune.amount"),
     (lambda: Prune("random", 0.5), "prune.method"),
     (lambda: Prune("none", 0.5), "prune.amount"),
     (lambda: Quantize(bits=0), "quantize.bits"),
@@ -51,6 +61,11 @@ def test_canonicalisation_makes_equal_recipes_equal():
     (lambda: Recipe(model="m", device="tpu"), "device"),
     (lambda: Recipe(model="m", batch_size=0), "batch_size"),
     (lambda: Recipe(model="m", quantize=Quantize(8, "dynamic"), precision="bf16"), "quantize.scheme"),
+    (lambda: Recipe(model="m", prune=None), "prune"),
+    (lambda: Recipe(model="m", quantize=None), "quantize"),
+    (lambda: Recipe(model="m", quantize=[8]), "quantize"),
+    (lambda: Recipe(model=""), "model"),
+    (lambda: Recipe(model="x" * 1000), "model"),
 ])
 def test_invalid_values_name_the_field_and_allowed(build, field):
     with pytest.raises(RecipeError) as exc:
@@ -58,10 +73,16 @@ def test_invalid_values_name_the_field_and_allowed(build, field):
     assert field in str(exc.value)
 
 
-def test_from_dict_rejects_unknown_fields_and_versions():
+def test_from_dict_rejects_unknown_fields_versions_and_hostile_json():
     with pytest.raises(RecipeError, match="unknown field"):
         Recipe.from_dict({"model": "m", "evil": 1})
     with pytest.raises(RecipeError, match="recipe_version"):
         Recipe.from_dict({"model": "m", "recipe_version": 99})
     with pytest.raises(RecipeError, match="not valid JSON"):
         Recipe.from_json("{nope")
+    with pytest.raises(RecipeError, match="nested too deeply"):
+        Recipe.from_json("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(RecipeError, match="too large"):
+        Recipe.from_json(" " * 2_000_000)
+    with pytest.raises(RecipeError, match="prune"):
+        Recipe.from_json('{"model": "m", "prune": null}')

@@ -3,12 +3,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import charts, state, ui
-from engine import service
-from engine.errors import UserError
-from engine.pareto import OBJECTIVES
-from engine.recipe import Recipe
-from engine.registry import get_spec
+from dashboard import state, ui
+from engine import api
 
 db = state.db_path()
 s = st.session_state
@@ -20,7 +16,7 @@ with st.sidebar:
     st.radio("Pruning method", ["structured", "magnitude"], key="prune_method", horizontal=True,
              help="structured removes whole channels/heads (tensors shrink, kernels get faster); magnitude zeroes "
                   "single weights (smaller when stored sparse, but the dense kernel runs as before).")
-    can_finetune = get_spec(s["model"]).finetune is not None
+    can_finetune = api.check_model(s["model"]).finetune is not None
     st.slider("Fine-tune epochs after pruning", 0, 10, key="finetune_epochs",
               disabled=not can_finetune or s["prune_amount"] == 0,
               help="Retrain the pruned model briefly on its training data (zeros stay zero). "
@@ -36,36 +32,43 @@ with st.sidebar:
 
 st.title("Explore compression trade-offs")
 recipe = state.recipe_or_stop()
+worker = api.worker()
+st.caption(f"**{recipe.model}** · {recipe.label()} · recipe `{recipe.key}`")
 
-st.caption(f"**{recipe.model}** · {recipe.label()} · recipe `{recipe.key}` · results in `{db}`")
-try:
-    with st.spinner(f"Measuring {recipe.label()}…"):
-        baseline = Recipe(model=recipe.model, batch_size=recipe.batch_size)
-        base = service.measure_or_load(baseline, db)
-        cur = service.measure_or_load(recipe, db)
-except UserError as exc:
-    st.error(str(exc))
-    st.stop()
+with ui.guard("Could not measure this configuration"):
+    with st.spinner(f"Measuring {recipe.label()} (in the measuring process)…"):
+        base = api.baseline_of(recipe, db, via=worker)
+        cur = base if recipe == recipe.baseline() else api.measure_or_load(recipe, db, via=worker)
 
 r = cur.result
 if r.error:
-    st.error(f"This configuration failed to run: {r.error}. It is recorded as failed (row #{cur.row_id}); "
-             "try another setting.", icon=":material/error:")
+    st.error(f"This configuration failed to run: {ui.plain(r.error)}. It is recorded as failed (row #{cur.row_id}); "
+             "try another setting.")
 else:
-    ui.metric_cards(r, None if recipe == baseline else base.result)
-    st.caption(("Read from the results store" if cur.from_store else "Measured just now")
-               + f" (row #{cur.row_id}, {r.profile} profile). "
-               + ("This is the uncompressed fp32 model: the baseline for every delta." if recipe == baseline
-                  else "Deltas are against the uncompressed fp32 model."))
+    ui.metric_cards(r, None if recipe == recipe.baseline() else base.result)
+    left, right = st.columns([4, 1])
+    left.caption(("Read from the results store" if cur.from_store else "Measured just now")
+                 + f" (row #{cur.row_id}, {r.profile} profile). "
+                 + ("This is the uncompressed fp32 model: the baseline for every change shown."
+                    if recipe == recipe.baseline() else
+                    "Changes are against the uncompressed fp32 model; the latency change is the paired speed-up."))
+    if right.button("Re-measure", key="explore_remeasure",
+                    help="Measure this configuration again now (the store keeps the better of the two)."):
+        with ui.guard("Could not re-measure"), st.spinner("Measuring again…"):
+            api.measure_or_load(recipe, db, via=worker, fresh=True)
+        st.rerun()
+    if r.contended:
+        st.info("Measured while the machine was busy: the absolute times are not those of a quiet machine, so this "
+                "point is drawn hollow and kept off the frontier. Close other work and press **Re-measure**.")
     st.session_state["explore_key"] = recipe.key
     ui.provenance(r)
 
 st.subheader("Where this point sits")
-ui.ensure_seeded(recipe.model, db)
-c1, c2 = st.columns([1, 1])
-cost = c1.selectbox("Cost axis", ["latency", "size", "memory", "energy"], key="explore_cost")
-data = service.model_rows(recipe.model, db, ["accuracy:max", f"{cost}:min"])
-fig = charts.pareto_figure(data["rows"], x=OBJECTIVES[cost][0], y="accuracy", current_key=recipe.key)
-st.plotly_chart(fig, key="explore_chart", width="stretch")
-n_front = sum(r_["on_frontier"] for r_ in data["rows"])
-c2.metric("Configurations measured", len(data["rows"]), help=f"{n_front} on the frontier of accuracy vs this cost")
+with ui.guard("Could not start the starter grid"):
+    status = ui.job_status(f"seed-{recipe.model}")
+    if status is None:
+        ui.start_background(f"seed-{recipe.model}", api.seed_grid(recipe.model), db)
+cost = st.selectbox("Against", ["latency", "speedup", "size", "memory", "energy"], key="explore_cost",
+                    help="speedup: paired with the uncompressed model, so it holds when the machine is busy.")
+with ui.guard("Could not draw the frontier"):
+    ui.live_frontier(recipe.model, db, f"seed-{recipe.model}", cost, recipe.key, r.metric_kind, "explore_chart")

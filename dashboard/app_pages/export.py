@@ -6,8 +6,8 @@ import json
 import streamlit as st
 
 from dashboard import state, ui
-from engine import service
-from engine.errors import UserError
+from engine import api
+from engine.core.units import fmt_bytes, fmt_ms, fmt_speedup
 
 db = state.db_path()
 st.title("Export the chosen configuration")
@@ -30,18 +30,20 @@ Re-apply it from the command line or in CI:
 """)
     st.code("python -m engine apply --recipe recipe.json", language="bash")
     if st.button("Build bundle", type="primary", key="exp_build"):
-        try:
-            with st.spinner("Exporting to ONNX and verifying it in ONNX Runtime…"):
-                data, summary = service.bundle_zip(recipe, db)
-            st.session_state["_bundle"] = (recipe.key, data, summary)
-        except UserError as exc:
-            st.error(str(exc))
+        with ui.guard("Could not build the bundle"), \
+                st.spinner("Exporting to ONNX and verifying it in ONNX Runtime…"):
+            data, summary = api.bundle_zip(recipe, db, via=api.worker())
+        st.session_state["_bundle"] = (recipe.key, data, summary)
     built = st.session_state.get("_bundle")
     if built and built[0] == recipe.key:
         _, data, summary = built
-        st.success(f"Verified: accuracy {summary['onnx_accuracy']:.4f} in ONNX Runtime vs "
-                   f"{summary['accuracy']:.4f} in PyTorch. compressed.bin {ui.fmt_bytes(summary['size_bytes'])}, "
-                   f"{summary['compression_ratio']:.1f}x smaller than fp32.")
+        name = "fidelity" if summary["metric_kind"] == "fidelity" else "accuracy"
+        lat = summary["latency_ms"] or {}
+        st.success(f"Bundle built and checked: the exported model.onnx reproduces the PyTorch {name} "
+                   f"({summary['onnx_accuracy']:.4f} vs {summary['accuracy']:.4f}). What you are exporting: "
+                   f"{name} **{summary['accuracy']:.4f}**, latency {fmt_ms(lat.get('p50'))} "
+                   f"({fmt_speedup(summary['speedup'])}), compressed.bin {fmt_bytes(summary['size_bytes'])} "
+                   f"({summary['compression_ratio']:.1f}x smaller than fp32).")
         for w in summary["warnings"]:
             st.warning(w)
         st.download_button("Download bundle (.zip)", data, f"{recipe.model}-{recipe.key}.zip", "application/zip",

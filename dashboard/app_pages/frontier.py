@@ -4,44 +4,70 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, state
-from engine import service
-from engine.pareto import OBJECTIVES
+from dashboard import charts, state, ui
+from engine import api
+from engine.results.pareto import OBJECTIVES
 
 db = state.db_path()
 model = st.session_state["model"]
 st.title(f"Pareto frontier · {model}")
+metric_kind = api.check_model(model).metric_kind
+metric = "fidelity" if metric_kind == "fidelity" else "accuracy"
 
 costs = [k for k in OBJECTIVES if k != "accuracy"]
 c = st.columns(4)
-x_obj = c[0].selectbox("x (cost, minimised)", costs, key="front_x")
-y_obj = c[1].selectbox("y", ["accuracy"] + costs, key="front_y")
-third = c[2].selectbox("colour (third objective)", ["none"] + [k for k in costs if k not in (x_obj, y_obj)],
+x_obj = c[0].selectbox("x", costs, key="front_x")
+y_obj = c[1].selectbox("y", ["accuracy"] + costs, key="front_y", format_func=lambda k: metric if k == "accuracy" else k)
+third = c[2].selectbox("third objective (colour)", ["none"] + [k for k in costs if k not in (x_obj, y_obj)],
                        key="front_third")
-min_acc = c[3].slider("Minimum accuracy (× baseline)", 0.0, 1.0, 0.0, 0.01, key="front_min_acc",
-                      help="Only configurations that keep at least this fraction of the baseline accuracy compete.")
+min_acc = c[3].slider(f"Minimum {metric} (× baseline)", 0.0, 1.0, 0.0, 0.01, key="front_min_acc",
+                      help="Only configurations that keep at least this fraction of the baseline compete.")
+include = st.toggle("Let rows measured on a busy machine compete", key="front_untrusted",
+                    help="Contended rows (and rows from an older engine) are drawn hollow and left off the frontier "
+                         "until they are re-measured on a quiet machine.")
 if x_obj == y_obj:
     st.warning("Choose two different objectives.")
     st.stop()
-objectives = [f"{x_obj}:min", f"{y_obj}:{OBJECTIVES[y_obj][1]}"] + ([f"{third}:min"] if third != "none" else [])
-data = service.model_rows(model, db, objectives, f"{min_acc}x" if min_acc > 0 else None)
+objectives = [x_obj, y_obj] + ([third] if third != "none" else [])
+with ui.guard("Could not read the results"):
+    data = api.model_rows(model, db, objectives, f"{min_acc}x" if min_acc > 0 else None, include_untrusted=include)
 rows = data["rows"]
+if data["damaged"]:
+    st.warning(f"{data['damaged']} damaged row(s) in the results store were skipped.")
 if not rows:
     st.info("No configurations measured yet for this model on this machine: open Explore or run a Sweep.")
     st.stop()
 
+untrusted = [r for r in rows if r["shown"] and not r["trusted"]]
+if untrusted:
+    left, right = st.columns([4, 1])
+    left.info(f"{len(untrusted)} configuration(s) were measured while the machine was busy (or by an older engine): "
+              "hollow, and off the frontier until re-measured.")
+    if right.button("Re-measure them", key="front_remeasure"):
+        with ui.guard("Could not start re-measuring"):
+            ui.start_background(f"remeasure-{model}", api.untrusted_recipes(model, db), db, remeasure=True)
+status = ui.job_status(f"remeasure-{model}")
+if status is not None and not status.finished:
+    st.progress(status.done / max(status.total, 1), text=f"Re-measuring: {status.done}/{status.total}")
+
 fig = charts.pareto_figure(rows, x=OBJECTIVES[x_obj][0], y=OBJECTIVES[y_obj][0],
                            color=OBJECTIVES[third][0] if third != "none" else None,
-                           current_key=st.session_state.get("explore_key"))
+                           current_key=st.session_state.get("explore_key"), metric_kind=metric_kind)
 event = st.plotly_chart(fig, key="frontier_chart", on_select="rerun", selection_mode="points", width="stretch")
 n_front = sum(r["on_frontier"] for r in rows)
-st.caption(f"{n_front} of {sum(r['eligible'] for r in rows)} configurations on the frontier · hypervolume "
-           f"{data['hypervolume']:.4g} (costs normalised by the uncompressed model; reference: accuracy 0, "
-           "1.1 × the largest cost). Diamonds: frontier; grey: dominated; hollow: energy estimated.")
+st.caption(f"{n_front} of {sum(r['eligible'] for r in rows)} configurations on the frontier. "
+           + charts.legend_note(rows, "energy" in objectives)
+           + (". With a third objective, a point is on the frontier if no other point is at least as good in all "
+              "three: some frontier points look dominated in this 2-D view, and no line joins them."
+              if third != "none" else "."))
+st.caption(f"Hypervolume {data['hypervolume']:.4g}: the size of the region of the objective space that the frontier "
+           "dominates (costs divided by the uncompressed model's, from 0 up to 1.1 × the worst). Larger is better; "
+           "compare it between sweeps of the same model and objectives.")
 
 
 def load(row_id: int) -> None:
-    state.request_load(service.recipe_of_row(row_id, db))
+    with ui.guard("Could not load that configuration"):
+        state.request_load(api.recipe_of_row(row_id, db))
     st.switch_page(st.session_state["_pages"]["explore"])
 
 
@@ -52,21 +78,22 @@ if points:
 ok = [r for r in rows if r["error"] is None]
 failed = [r for r in rows if r["error"] is not None]
 sel = st.columns([3, 1])
-choice = sel[0].selectbox("Load a configuration into Explore", [r["id"] for r in ok], key="front_pick",
-                          format_func=lambda i: next(f"#{r['id']} · {r['label']}" + (" ★" if r["on_frontier"] else "")
-                                                     for r in ok if r["id"] == i))
-if sel[1].button("Load into Explore", key="front_load", type="primary"):
+labels = {r["id"]: f"#{r['id']} · {r['label']}" + (" ★" if r["on_frontier"] else "")
+          + ("" if r["trusted"] else " (busy machine)") for r in ok}
+choice = sel[0].selectbox("Load a configuration into Explore", list(labels), key="front_pick",
+                          format_func=lambda i: labels.get(i, str(i)))
+if sel[1].button("Load into Explore", key="front_load", type="primary") and choice is not None:
     load(int(choice))
 
 table = pd.DataFrame([{
-    "id": r["id"], "frontier": r["on_frontier"], "configuration": r["label"], "accuracy": r["accuracy"],
-    "latency p50 ms": r["latency_p50_ms"], "latency p90 ms": r["latency_p90_ms"],
-    "size KiB": (r["size_bytes"] or 0) / 1024, "peak memory KiB": (r["peak_memory_bytes"] or 0) / 1024,
-    "energy mJ": (r["energy_j"] or 0) * 1e3, "energy source": r["energy_source"],
-    "simulated kernel": bool(r["simulated"]), "profile": r["profile"]} for r in ok])
+    "id": r["id"], "frontier": r["on_frontier"], "configuration": r["label"], metric: r["accuracy"],
+    "p50 ms": r["latency_p50_ms"], "speed-up": r["speedup"], "busy machine": not r["trusted"],
+    "size KiB": (r["size_bytes"] or 0) / 1024, "memory KiB": (r["peak_memory_bytes"] or 0) / 1024,
+    "energy mJ": (r["energy_j"] or 0) * 1e3, "energy": r["energy_source"],
+    "simulated": bool(r["simulated"]), "profile": r["profile"]} for r in ok])
 st.dataframe(table, hide_index=True, width="stretch", key="front_table")
 st.download_button("Download CSV", table.to_csv(index=False).encode(), f"{model}-results.csv", "text/csv")
 if failed:
     st.subheader("Failed configurations")
     for r in failed:
-        st.error(f"#{r['id']} {r['label']}: {r['error']}")
+        st.error(f"#{r['id']} {r['label']}: {ui.plain(r['error'])}")

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import charts, state
-from engine.hardware import detect
-from engine.recipe import Recipe
-from engine.weight_views import layer_views
+from dashboard import charts, state, ui
+from engine.compress.views import layer_views
+from engine.core.hardware import detect
+from engine.core.recipe import Recipe
 
 st.title("Learn: what compression does to a model")
 recipe = state.recipe_or_stop()
@@ -38,7 +38,7 @@ def views_of(recipe_json: str):
     return layer_views(Recipe.from_json(recipe_json))
 
 
-with st.spinner("Comparing the weights before and after…"):
+with ui.guard("Could not compare the weights"), st.spinner("Comparing the weights before and after…"):
     views = views_of(recipe.to_json())
 if not views:
     st.info("This model has no layers to show.")

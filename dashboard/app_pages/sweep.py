@@ -1,11 +1,10 @@
-"""Sweep: choose a grid, run it with progress and a live frontier; stop any time, resume from the store."""
+"""Sweep: choose a grid, run it in the measuring process with progress and a live frontier; stop any time."""
 from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import charts, state
-from engine import service
-from engine.sweep import expand_grid
+from dashboard import state, ui
+from engine import api
 
 db = state.db_path()
 model = st.session_state["model"]
@@ -14,46 +13,49 @@ st.caption("Every configuration is stored as soon as it is measured: stopping (o
            "and running the same grid again only measures what is missing. A configuration that fails is "
            "recorded with its error and the sweep goes on.")
 
-c = st.columns(4)
+c = st.columns(2)
 amounts = c[0].multiselect("Pruning levels", [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
                            default=[0.0, 0.3, 0.6], key="sw_amounts")
 methods = c[1].multiselect("Pruning methods", ["magnitude", "structured"], default=["magnitude", "structured"],
                            key="sw_methods")
-bits = c[2].multiselect("Bit widths", state.BIT_OPTIONS, default=["none", 8, 4], key="sw_bits")
-precisions = c[3].multiselect("Precisions", ["fp32", "fp16", "bf16"], default=["fp32", "bf16"], key="sw_prec")
+c = st.columns(2)
+bits = c[0].multiselect("Bit widths", state.BIT_OPTIONS, default=["none", 8, 4], key="sw_bits")
+precisions = c[1].multiselect("Precisions", ["fp32", "fp16", "bf16"], default=["fp32", "bf16"], key="sw_prec")
 profile = st.radio("Measurement profile", ["quick", "thorough"], horizontal=True, key="sw_profile",
-                   help="quick: interactive timing (~0.3 s a point); thorough: longer windows, steadier numbers.")
+                   help="quick: interactive timing (~0.5 s a point); thorough: longer windows, steadier numbers.")
 
-recipes, skipped = expand_grid(model, amounts or [0.0], methods or ["magnitude"],
-                               [None if b == "none" else int(b) for b in bits] or [None], precisions or ["fp32"])
-todo = service.missing(recipes, db, profile)
+with ui.guard("This grid cannot run"):
+    recipes, skipped = api.sweep_grid(model, prune=amounts or [0.0], methods=methods or ["magnitude"],
+                                      bits=[None if b == "none" else int(b) for b in bits] or [None],
+                                      precisions=precisions or ["fp32"])
+    todo = api.missing(recipes, db, profile)
+status = ui.job_status(f"sweep-{model}")
+running = status is not None and not status.finished
 st.write(f"**{len(recipes)}** configurations in this grid, **{len(todo)}** not measured yet at this profile.")
-for msg in skipped:
-    st.caption(f"Skipped: {msg}")
+if skipped:
+    with st.expander(f"Skipped combinations ({len(skipped)})"):
+        for msg in skipped:
+            st.caption(msg)
 
-b1, b2 = st.columns([1, 5])
-run = b1.button("Run sweep", type="primary", disabled=not todo, key="sw_run")
-b2.button("Stop", key="sw_stop", help="Stops after the configuration being measured; rows so far are kept.")
-chart = st.empty()
+b1, b2 = st.columns(2)
+if b1.button("Run sweep", type="primary", disabled=not todo or running, key="sw_run"):
+    with ui.guard("Could not start the sweep"):
+        ui.start_background(f"sweep-{model}", recipes, db, profile)
+    st.rerun()
+if b2.button("Stop", key="sw_stop", disabled=not running,
+             help="Stops after the configuration being measured; rows so far are kept."):
+    api.worker().stop(status.job)
+    st.session_state["_sweep_stop_asked"] = True
+    st.rerun()
 
+if status is not None and status.finished:
+    what = "stopped" if status.stopped else "finished"
+    msg = (f"Sweep {what}: {status.measured} measured ({status.failed} failed, {status.contended} on a busy machine), "
+           f"{status.done} of {status.total} done.")
+    st.error(ui.plain(status.error)) if status.error else st.success(msg)
+    st.session_state.pop("_sweep_stop_asked", None)
+elif running and st.session_state.get("_sweep_stop_asked"):
+    st.info("Stopping after the configuration being measured…")
 
-draws = iter(range(10**9))  # each redraw in one run needs its own element key
-
-
-def draw() -> None:
-    data = service.model_rows(model, db, ["accuracy:max", "latency:min"])
-    chart.plotly_chart(charts.pareto_figure(data["rows"], "latency_p50_ms", "accuracy"), width="stretch",
-                       key=f"sweep_chart_{next(draws)}")
-
-
-if run:
-    bar = st.progress(0.0, text="Starting…")
-
-    def progress(done, total, recipe, result, eta):
-        status = "failed" if result is not None and result.error else "ok"
-        bar.progress(done / total, text=f"{done}/{total} · {recipe.label()} {status} · ETA {eta:.0f} s")
-        draw()
-
-    summary = service.sweep(todo, db, profile=profile, on_progress=progress)
-    st.success(f"Sweep finished: {summary.measured} measured ({summary.failed} failed) in {summary.wall_s:.1f} s.")
-draw()
+with ui.guard("Could not draw the frontier"):
+    ui.live_frontier(model, db, f"sweep-{model}", "latency", None, api.check_model(model).metric_kind, "sweep_chart")

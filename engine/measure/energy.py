@@ -1,19 +1,24 @@
-"""Energy per inference over a window of repeated calls, always labelled with its source.
+"""Energy per inference, always labelled with its source.
 
-Measured: Zeus reads NVIDIA's NVML total-energy counter on GPUs and RAPL on CPUs where it is readable.
-Estimated: where no counter can be read (VMs, no root), process CPU time x a per-core power figure.
+Measured: Zeus reads NVIDIA's NVML total-energy counter on GPUs and RAPL on CPUs where it is readable,
+once per timed block of the configuration. Estimated: where no counter can be read (VMs, no root),
+this process's CPU time in those same blocks x a per-core power figure. Both come from the blocks the
+latency used, so a stall that other work caused (and that was dropped from the latency) is not billed.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
-import psutil
+from engine.core.errors import UserError
+from engine.measure.latency import EnergyMeter, Timing
 
 # Typical package power per busy core of a current server/laptop CPU under a vector-heavy load
 # (e.g. 360 W / 96 cores ~ 3.75 W; 45 W / 8 cores ~ 5.6 W). Override with the environment variable.
 DEFAULT_WATTS_PER_CORE = 5.0
 WATTS_ENV = "COMPRESSION_DASH_CPU_WATTS_PER_CORE"
+WATTS_RANGE = (0.1, 1000.0)
 
 
 @dataclass(frozen=True)
@@ -24,10 +29,19 @@ class Energy:
 
 
 def watts_per_core() -> float:
-    try:
-        return float(os.environ.get(WATTS_ENV, DEFAULT_WATTS_PER_CORE))
-    except ValueError:
+    """The per-core power figure of the estimate; a bad override is a UserError, never a silent default."""
+    text = os.environ.get(WATTS_ENV)
+    if text is None or text.strip() == "":
         return DEFAULT_WATTS_PER_CORE
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    lo, hi = WATTS_RANGE
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise UserError(f"{WATTS_ENV}={text[:40]!r} is not allowed: watts per busy core, a number from {lo:g} "
+                        f"to {hi:g} (default {DEFAULT_WATTS_PER_CORE:g})")
+    return value
 
 
 def _rapl_readable() -> bool:
@@ -35,44 +49,48 @@ def _rapl_readable() -> bool:
     return os.path.exists(base) and os.access(base, os.R_OK)
 
 
-class EnergyWindow:
-    """Context manager around a window of `calls` inferences; `.result(calls)` gives J per call."""
+class CounterMeter(EnergyMeter):
+    """Zeus windows around each block, where a counter is readable (NVML on GPU, RAPL on CPU)."""
 
     def __init__(self, device: str) -> None:
-        self.device = device
-        self._monitor = None
-        if device == "cuda" or _rapl_readable():
+        self.device, self._monitor, self._gpu = device, None, device == "cuda"
+        if self._gpu or _rapl_readable():
             try:
                 from zeus.monitor import ZeusMonitor
 
-                gpus = [0] if device == "cuda" else []
-                self._monitor = ZeusMonitor(gpu_indices=gpus, cpu_indices=None if _rapl_readable() else [])
-            except Exception:  # no counter after all: fall back to the labelled estimate
+                self._monitor = ZeusMonitor(gpu_indices=[0] if self._gpu else [],
+                                            cpu_indices=None if _rapl_readable() else [])
+            except Exception:  # noqa: BLE001  (no counter after all: the labelled estimate is used)
                 self._monitor = None
-        self._proc = psutil.Process()
-        self._measurement = None
 
-    def __enter__(self) -> "EnergyWindow":
-        self._cpu0 = sum(self._proc.cpu_times()[:2])
+    @property
+    def source(self) -> str | None:
+        if self._monitor is None:
+            return None
+        return "measured:nvml" if self._gpu else "measured:rapl"
+
+    def begin(self) -> None:
         if self._monitor is not None:
-            self._monitor.begin_window("inference", sync_execution=self.device == "cuda")
-        return self
+            self._monitor.begin_window("block", sync_execution=self._gpu)
 
-    def __exit__(self, *exc) -> None:
-        if self._monitor is not None:
-            self._measurement = self._monitor.end_window("inference", sync_execution=self.device == "cuda")
-        self._cpu_s = sum(self._proc.cpu_times()[:2]) - self._cpu0
+    def end(self) -> float | None:
+        if self._monitor is None:
+            return None
+        m = self._monitor.end_window("block", sync_execution=self._gpu)
+        parts = m.gpu_energy if self._gpu else m.cpu_energy
+        return float(sum(parts.values())) if parts else None
 
-    def result(self, calls: int) -> Energy:
-        m = self._measurement
-        if m is not None:
-            if self.device == "cuda" and m.gpu_energy:
-                return Energy(sum(m.gpu_energy.values()) / calls, "measured:nvml",
-                              f"NVML total-energy counter over {m.time:.2f} s (GPU only)")
-            if m.cpu_energy:
-                return Energy(sum(m.cpu_energy.values()) / calls, "measured:rapl",
-                              f"RAPL package energy over {m.time:.2f} s (whole package)")
-        w = watts_per_core()
-        return Energy(self._cpu_s * w / calls, "estimated:cpu-time",
-                      f"process CPU time {self._cpu_s:.3f} s x {w:g} W per busy core ({WATTS_ENV} overrides); "
-                      "no energy counter readable here")
+
+def energy_of(timing: Timing, meter: CounterMeter) -> Energy:
+    """J per inference over the configuration's blocks that the latency used."""
+    calls = max(timing.calls, 1)
+    joules = timing.joules
+    if meter.source is not None and joules is not None:
+        where = "GPU only" if meter.source == "measured:nvml" else "whole CPU package"
+        return Energy(max(joules, 0.0) / calls, meter.source,
+                      f"counter read around {len(timing.used)} timed blocks, {calls} calls ({where})")
+    w = watts_per_core()
+    cpu_s = timing.own_cpu_s
+    return Energy(cpu_s * w / calls, "estimated:cpu-time",
+                  f"this process's CPU time in the {len(timing.used)} timed blocks ({cpu_s:.3f} s over {calls} calls) "
+                  f"x {w:g} W per busy core ({WATTS_ENV} overrides); no energy counter readable here")

@@ -8,7 +8,7 @@ from functools import lru_cache
 
 import torch
 
-from engine.hardware import detect
+from engine.core.hardware import detect
 
 
 def _driver() -> str | None:

@@ -1,16 +1,16 @@
 """Model registry: each model declares how to build it, feed it, score it and what never to prune.
 
-Later models plug in with `@register_model` without touching the rest of the engine.
+Models plug in with `@register_model` (the built-in ones register on import of `engine.models`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from engine.errors import UnknownModelError
+from engine.core.errors import UnknownModelError
 
 Inputs = Any  # a tensor, or a dict of tensors passed as keyword arguments
 
@@ -34,12 +34,14 @@ class ModelSpec:
     eval_inputs: Callable[[], list[Inputs]]
     score: Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
     forward: Callable[[nn.Module, Inputs], torch.Tensor] = lambda model, x: model(x)
+    metric_kind: str = "accuracy"  # "fidelity" when the score is agreement with the fp32 model
     never_prune: tuple[str, ...] = ()
     # Optional: extra Torch-Pruning arguments and a fix-up to run after structured pruning.
     structured_setup: Callable[[nn.Module], tuple[dict[str, Any], Callable[[nn.Module, Any], None]]] | None = None
     # Optional: retrain in place for n epochs on the model's training data (after pruning).
     finetune: Callable[[nn.Module, int], None] | None = None
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    # How to prepare raw inputs, for the bundle's model card.
+    preprocessing: str = ""
 
 
 _REGISTRY: dict[str, Callable[[], ModelSpec]] = {}
@@ -57,14 +59,12 @@ def register_model(name: str) -> Callable[[Callable[[], ModelSpec]], Callable[[]
 
 
 def model_names() -> list[str]:
-    _load_builtin()
     return list(_REGISTRY)
 
 
 def get_spec(name: str) -> ModelSpec:
-    _load_builtin()
-    if name not in _REGISTRY:
-        raise UnknownModelError(f"unknown model {name!r}: registered models are {', '.join(_REGISTRY)}")
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise UnknownModelError(f"unknown model {str(name)[:80]!r}: registered models are {', '.join(_REGISTRY)}")
     if name not in _SPECS:
         _SPECS[name] = _REGISTRY[name]()
     return _SPECS[name]
@@ -74,7 +74,3 @@ def create_model(name: str) -> tuple[nn.Module, ModelSpec]:
     """A fresh model in eval mode with its spec."""
     spec = get_spec(name)
     return spec.build().eval(), spec
-
-
-def _load_builtin() -> None:
-    import engine.models  # noqa: F401  (registers the sample models)

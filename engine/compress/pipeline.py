@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from engine import storage
-from engine.errors import UserError
-from engine.hardware import precision_note
-from engine.recipe import Recipe
-from engine.registry import ModelSpec
-from engine.transforms import precision, prune, quantize, sparse
+from engine.compress import codec, precision, prune, quantize, sparse
+from engine.core.errors import UserError
+from engine.core.hardware import precision_note
+from engine.core.recipe import Recipe
+from engine.core.result import Kernel
+from engine.models.registry import ModelSpec
 
 
 @dataclass
@@ -24,7 +24,7 @@ class Applied:
     """A compressed model plus how it was made and what it costs to store."""
 
     model: nn.Module
-    kernels: list[dict] = field(default_factory=list)
+    kernels: list[Kernel] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     quant: dict[str, quantize.QuantMeta] = field(default_factory=dict)
     size_bytes: int = 0
@@ -67,12 +67,12 @@ def apply(model: nn.Module, recipe: Recipe, spec: ModelSpec, kernels: bool = Tru
         out.quant = quantize.to_grid(model, recipe.quantize)
     precision.cast(model, recipe.precision)
     kernel, warning = precision_note(recipe.precision, recipe.device)
-    out.kernels.append({"step": "precision", "kernel": kernel})
+    out.kernels.append(Kernel("precision", kernel))
     if warning:
         out.warnings.append(warning)
     out.params_total, out.params_nonzero, out.param_bytes = _count(model)
     out.storage_state = {k: v.detach() for k, v in model.state_dict().items()}
-    out.size_bytes = len(storage.encode(out.storage_state, out.quant, precision.DTYPES[recipe.precision]))
+    out.size_bytes = len(codec.encode(out.storage_state, out.quant, precision.DTYPES[recipe.precision]))
     model.to(recipe.device)
     if kernels:
         _select_kernels(out, recipe, spec)
@@ -91,9 +91,9 @@ def _select_kernels(out: Applied, recipe: Recipe, spec: ModelSpec) -> None:
     if recipe.device == "cpu" and recipe.precision == "fp32":
         inputs = precision.cast_inputs(spec.example_inputs(recipe.batch_size), recipe.precision, recipe.device)
         sparse_info = sparse.sparsify(out.model, lambda: spec.forward(out.model, inputs))
-    if sparse_info and sparse_info["layers"]:
+    if sparse_info and sparse_info.detail["layers"]:
         out.kernels.append(sparse_info)
-        dense_left = sparse_info["candidates"] - sparse_info["layers"]
+        dense_left = sparse_info.detail["candidates"] - sparse_info.detail["layers"]
         if dense_left:
             out.warnings.append(f"{dense_left} sparse layer(s) stayed on the dense kernel (sparse was not faster "
                                 "for them here): their zeros give no speed-up")

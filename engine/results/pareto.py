@@ -5,11 +5,13 @@ Hand-written because the sets are small (hundreds of points) and the libraries t
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from engine.errors import UserError
+from engine import __version__
+from engine.core.errors import UserError
 
 # objective name -> (row column, sense)
 OBJECTIVES: dict[str, tuple[str, str]] = {
@@ -19,6 +21,7 @@ OBJECTIVES: dict[str, tuple[str, str]] = {
     "memory": ("peak_memory_bytes", "min"),
     "energy": ("energy_j", "min"),
     "params": ("params_nonzero", "min"),
+    "speedup": ("speedup", "max"),  # paired with the baseline: comparable across machine load
 }
 DEFAULT_OBJECTIVES = ("accuracy:max", "latency:min", "size:min")
 HV_MARGIN = 1.1  # reference point: accuracy 0 and each cost at 1.1x the largest measured (normalised)
@@ -32,19 +35,25 @@ class Objective:
 
 
 def parse_objectives(spec: str | list[str] | tuple[str, ...]) -> list[Objective]:
+    """'accuracy:max,latency:min' -> Objectives. Each objective's sense is fixed by what it measures
+    (more accuracy or speed-up is better, more of any cost is worse); naming the other sense is refused."""
+    if not isinstance(spec, (str, list, tuple)) or not all(isinstance(s, str) for s in spec):
+        raise UserError("objectives: give a comma-separated list such as accuracy:max,latency:min")
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if not 2 <= len(items) <= 3:
-        raise UserError(f"objectives={','.join(items)!r}: give 2 or 3, e.g. accuracy:max,latency:min")
+        raise UserError(f"objectives={','.join(items)[:80]!r}: give 2 or 3, e.g. accuracy:max,latency:min")
     out = []
     for item in items:
         name, _, sense = item.partition(":")
         if name not in OBJECTIVES:
-            raise UserError(f"objective {name!r} is not allowed: choose from {', '.join(OBJECTIVES)}")
-        column, default = OBJECTIVES[name]
-        sense = sense or default
-        if sense not in ("min", "max"):
-            raise UserError(f"objective {item!r}: the sense must be min or max")
-        out.append(Objective(name, column, sense))
+            raise UserError(f"objective {name[:40]!r} is not allowed: choose from {', '.join(OBJECTIVES)}")
+        column, natural = OBJECTIVES[name]
+        if sense not in ("", natural):
+            raise UserError(f"objective {item[:40]!r}: {name} is always {'maximised' if natural == 'max' else 'minimised'} "
+                            f"(write {name}:{natural} or just {name})")
+        if any(o.name == name for o in out):
+            raise UserError(f"objective {name!r} is given twice: give 2 or 3 different objectives")
+        out.append(Objective(name, column, natural))
     return out
 
 
@@ -64,17 +73,23 @@ def non_dominated(points: np.ndarray, senses: list[str]) -> np.ndarray:
 
 
 def parse_min_accuracy(text: str | None, baseline: float | None) -> float | None:
-    """'0.95' is absolute; '0.99x' is relative to the uncompressed baseline."""
+    """'0.95' is absolute; '0.99x' is relative to the uncompressed baseline. Both lie in [0, 1]."""
     if text in (None, ""):
         return None
+    text = str(text).strip()
+    relative = text.endswith("x")
     try:
-        if str(text).endswith("x"):
-            if baseline is None:
-                raise UserError("--min-accuracy relative to baseline needs a measured baseline")
-            return float(str(text)[:-1]) * baseline
-        return float(text)
+        value = float(text[:-1] if relative else text)
     except ValueError:
-        raise UserError(f"--min-accuracy={text!r} is not allowed: a number like 0.95 or a ratio like 0.99x") from None
+        value = math.nan
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise UserError(f"min accuracy {text[:40]!r} is not allowed: a number from 0 to 1 like 0.95, or a ratio of "
+                        "the baseline from 0 to 1 like 0.99x")
+    if not relative:
+        return value
+    if baseline is None:
+        raise UserError("a minimum accuracy relative to the baseline needs a measured baseline")
+    return value * baseline
 
 
 def hypervolume(points: np.ndarray, senses: list[str], reference: np.ndarray) -> float:
@@ -108,8 +123,15 @@ def _hv2(costs: np.ndarray, ref: np.ndarray) -> float:
     return float(area)
 
 
-def frontier(rows: list[dict], objectives: list[Objective], min_accuracy: float | None = None) -> dict:
-    """Mark each row: `eligible` (ran, has every objective, meets the constraint) and `on_frontier`.
+def trusted(row: dict) -> bool:
+    """Measured quietly by this engine: a number fit to be compared (contended or older rows wait to be re-measured)."""
+    return row.get("error") is None and not row.get("latency_contended") and row.get("engine_version") == __version__
+
+
+def frontier(rows: list[dict], objectives: list[Objective], min_accuracy: float | None = None,
+             include_untrusted: bool = False) -> dict:
+    """Mark each row: `shown` (ran, has every objective, meets the constraint), `trusted`, `eligible`
+    (shown, and trusted unless `include_untrusted`) and `on_frontier` (eligible and not dominated).
 
     Costs are normalised by the uncompressed row's cost where present, so the hypervolume is
     dimensionless: reference point = accuracy 0, each normalised cost at HV_MARGIN x its largest value.
@@ -117,8 +139,10 @@ def frontier(rows: list[dict], objectives: list[Objective], min_accuracy: float 
     cols = [o.column for o in objectives]
     senses = [o.sense for o in objectives]
     for r in rows:
-        r["eligible"] = (r.get("error") is None and all(r.get(c) is not None for c in cols)
-                         and (min_accuracy is None or (r.get("accuracy") or 0) >= min_accuracy))
+        r["shown"] = (r.get("error") is None and all(r.get(c) is not None for c in cols)
+                      and (min_accuracy is None or (r.get("accuracy") or 0) >= min_accuracy))
+        r["trusted"] = trusted(r)
+        r["eligible"] = r["shown"] and (r["trusted"] or include_untrusted)
         r["on_frontier"] = False
     elig = [r for r in rows if r["eligible"]]
     hv = 0.0

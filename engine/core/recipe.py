@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from engine.errors import RecipeError
+from engine.core.errors import RecipeError
 
 RECIPE_VERSION = 1
 PRUNE_METHODS = ("none", "magnitude", "structured")
@@ -23,6 +23,9 @@ SCHEMES = ("weight-only", "dynamic")
 GRANULARITIES = ("per-channel", "per-group")
 PRECISIONS = ("fp32", "fp16", "bf16")
 DEVICES = ("cpu", "cuda")
+MAX_BATCH = 4096
+MAX_MODEL_NAME = 300
+MAX_RECIPE_BYTES = 1_000_000  # a recipe file is a few hundred bytes; anything this large is not one
 
 
 def _choice(field_name: str, value: Any, allowed: tuple) -> None:
@@ -105,16 +108,16 @@ class Recipe:
     batch_size: int = 1
 
     def __post_init__(self) -> None:
-        if not isinstance(self.model, str) or not self.model:
-            raise RecipeError(f"model={self.model!r} is not allowed: give a registered model name")
-        if isinstance(self.prune, dict):
-            _set(self, "prune", Prune(**_only(self.prune, Prune, "prune")))
-        if isinstance(self.quantize, dict):
-            _set(self, "quantize", Quantize(**_only(self.quantize, Quantize, "quantize")))
+        if not isinstance(self.model, str) or not self.model or len(self.model) > MAX_MODEL_NAME \
+                or not self.model.isprintable():
+            raise RecipeError(f"model={str(self.model)[:80]!r} is not allowed: give a registered model name")
+        _set(self, "prune", _part(self.prune, Prune, "prune"))
+        _set(self, "quantize", _part(self.quantize, Quantize, "quantize"))
         _choice("precision", self.precision, PRECISIONS)
         _choice("device", self.device, DEVICES)
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= 4096:
-            raise RecipeError(f"batch_size={self.batch_size!r} is not allowed: an integer 1 to 4096")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) \
+                or not 1 <= self.batch_size <= MAX_BATCH:
+            raise RecipeError(f"batch_size={self.batch_size!r} is not allowed: an integer 1 to {MAX_BATCH}")
         if self.quantize.scheme == "dynamic":
             if self.precision != "fp32":
                 raise RecipeError(
@@ -147,11 +150,23 @@ class Recipe:
 
     @classmethod
     def from_json(cls, text: str) -> "Recipe":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise RecipeError(f"recipe is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(parse_json(text, "recipe"))
+
+    @classmethod
+    def from_fields(cls, model: str, *, prune: float = 0.0, prune_method: str = "magnitude",
+                    prune_scope: str = "global", finetune_epochs: int = 0, bits: int | None = None,
+                    scheme: str | None = None, granularity: str = "per-channel", group_size: int = 32,
+                    precision: str = "fp32", device: str = "cpu", batch_size: int = 1) -> "Recipe":
+        """The one way flat controls (CLI flags, dashboard widgets, sweep axes) become a Recipe.
+
+        A zero amount means no pruning whatever the method; `scheme=None` picks the fastest real path."""
+        amount = prune
+        return cls(model=model,
+                   prune=Prune(prune_method if amount else "none", amount, prune_scope,
+                               finetune_epochs if amount else 0),
+                   quantize=Quantize(bits=bits, scheme=scheme or default_scheme(precision, device),
+                                     granularity=granularity, group_size=group_size),
+                   precision=precision, device=device, batch_size=batch_size)
 
     @property
     def key(self) -> str:
@@ -160,6 +175,15 @@ class Recipe:
 
     def with_(self, **changes: Any) -> "Recipe":
         return replace(self, **changes)
+
+    @property
+    def is_baseline(self) -> bool:
+        """The uncompressed fp32 model: the reference every speed-up and delta is taken against."""
+        return self.prune.method == "none" and self.quantize.bits is None and self.precision == "fp32"
+
+    def baseline(self) -> "Recipe":
+        """This recipe's reference: same model, batch size and device, nothing compressed."""
+        return Recipe(model=self.model, device=self.device, batch_size=self.batch_size)
 
     def label(self) -> str:
         """Short human-readable name, e.g. 'structured 50% · int8 dynamic · fp32'."""
@@ -171,6 +195,35 @@ class Recipe:
             parts.append(f"int{self.quantize.bits} {self.quantize.scheme}")
         parts.append(self.precision)
         return " · ".join(parts)
+
+
+def default_scheme(precision: str, device: str) -> str:
+    """The fastest real path: int8 activations where the int8 kernel can run, weight-only elsewhere."""
+    return "dynamic" if precision == "fp32" and device == "cpu" else "weight-only"
+
+
+def parse_json(text: str | bytes, what: str) -> Any:
+    """json.loads with the failures a hostile file can cause turned into one-line RecipeErrors."""
+    if len(text) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{what} is {len(text):,} bytes: too large to be one (limit {MAX_RECIPE_BYTES:,})")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RecipeError(f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise RecipeError(f"{what} is nested too deeply to be one") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise RecipeError(f"{what} is not valid JSON text: {exc}") from None
+
+
+def _part(value: Any, cls: type, where: str) -> Any:
+    """A nested part given as its dataclass or as a JSON object; anything else is refused by name."""
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        return cls(**_only(value, cls, where))
+    raise RecipeError(f"{where}={value!r:.80} is not allowed: give an object with fields "
+                      f"{', '.join(cls.__dataclass_fields__)}")
 
 
 def _only(data: dict[str, Any], cls: type, where: str) -> dict[str, Any]:

@@ -1,0 +1,324 @@
+"""The front door: every verb the command line and the dashboard call, with every input checked here, once.
+
+Front ends parse and print; they hold no compression, measurement or store logic. Bad input raises
+UserError (the CLI prints one line and exits 2); a bundle that fails verification raises or reports a
+VerificationError (exit 1); a configuration that fails while running is a Result with `error` (a row).
+Stores are opened per call: SQLite connections are cheap and must not cross threads.
+"""
+from __future__ import annotations
+
+import io
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from engine import __version__
+from engine.core.errors import UserError
+from engine.core.recipe import Recipe
+from engine.core.result import Result
+from engine.measure.fingerprint import fingerprint
+from engine.measure.latency import PROFILES
+from engine.measure.worker import Worker, shared
+from engine.results import pareto
+from engine.results.store import PROFILE_RANK, Store
+from engine.results.sweep import Step, SweepSummary, expand_grid, run_sweep, todo
+
+# The small grid that seeds an empty store so the first screen already shows a frontier.
+SEED_GRID = dict(prune=[0.0, 0.5], methods=["magnitude", "structured"], bits=[None, 8, 4], precisions=["fp32", "bf16"])
+LARGE_MODEL_PARAMS = 1_000_000
+
+
+@dataclass
+class Measured:
+    result: Result
+    row_id: int
+    from_store: bool
+
+
+def worker() -> Worker:
+    """The shared measuring process of this front end (see engine.measure.worker)."""
+    return shared()
+
+
+# --- checks ---------------------------------------------------------------------------------------------
+def check_profile(profile: str) -> str:
+    if profile not in PROFILES:
+        raise UserError(f"profile={str(profile)[:40]!r} is not allowed: choose one of {', '.join(PROFILES)}")
+    return profile
+
+
+def check_settings() -> None:
+    """Environment settings that change measurements (a bad value is refused, never silently replaced)."""
+    from engine.measure.energy import watts_per_core
+
+    watts_per_core()
+
+
+def check_threads(threads: int | None) -> int:
+    """The requested intra-op thread count (default: physical cores), validated."""
+    from engine.measure.run import check_threads as check
+
+    return check(threads)
+
+
+def check_model(name: str):
+    """The model's spec, or a UserError naming the registered models (or why this one cannot load)."""
+    from engine.models import get_spec
+
+    return get_spec(name)
+
+
+def recipe_from_fields(model: str, **fields: Any) -> Recipe:
+    """The one way flat controls (CLI flags, dashboard widgets) become a Recipe: values, model and device checked."""
+    from engine.compress.pipeline import check_device
+
+    recipe = Recipe.from_fields(model, **fields)
+    check_model(recipe.model)
+    check_device(recipe.device)
+    return recipe
+
+
+def models() -> list[dict[str, Any]]:
+    """Every registered model with its facts; one that cannot load here says why instead of failing the list."""
+    from engine.measure.run import base_model
+    from engine.models import model_names
+
+    out = []
+    for name in model_names():
+        try:
+            model, spec = base_model(name)
+        except UserError as exc:
+            out.append({"name": name, "available": False, "error": str(exc)})
+            continue
+        out.append({"name": name, "available": True, "task": spec.task, "description": spec.description,
+                    "parameters": sum(p.numel() for p in model.parameters()), "metric": spec.metric,
+                    "metric_kind": spec.metric_kind, "source": spec.source,
+                    "can_finetune": spec.finetune is not None})
+    return out
+
+
+# --- measuring ------------------------------------------------------------------------------------------
+def measure(recipe: Recipe, profile: str = "quick", threads: int | None = None) -> Result:
+    """Measure in this process, without storing."""
+    from engine.measure.run import run_recipe
+
+    check_model(recipe.model)
+    return run_recipe(recipe, profile=check_profile(profile), threads=threads)
+
+
+def _usable(result: Result, profile: str) -> bool:
+    """A stored result good enough to answer a request at `profile` (older engines' rows are re-measured)."""
+    return result.engine_version == __version__ and (
+        result.error is not None or PROFILE_RANK.get(result.profile, -1) >= PROFILE_RANK[profile])
+
+
+def measure_or_load(recipe: Recipe, db: str | Path, profile: str = "quick", via: Worker | None = None,
+                    fresh: bool = False) -> Measured:
+    """The stored result of this recipe on this machine, or a new measurement (then stored).
+
+    `via`: measure in that worker process instead of this one. `fresh`: measure even if stored (the
+    store still keeps the better of the two: a busy re-measure does not replace a quiet row)."""
+    check_model(recipe.model)
+    check_profile(profile)
+    dev = fingerprint()["id"]
+    if not fresh:
+        with Store(db) as store:
+            hit = store.get(recipe, dev)
+        if hit is not None and _usable(hit[1], profile):
+            return Measured(hit[1], hit[0], True)
+    if via is not None:
+        _, row_id = via.measure(recipe, str(db), profile)
+    else:
+        result = measure(recipe, profile)
+        with Store(db) as store:
+            row_id = store.put(result)
+    with Store(db) as store:
+        return Measured(store.get_id(row_id), row_id, False)
+
+
+def baseline_of(recipe: Recipe, db: str | Path, via: Worker | None = None) -> Measured:
+    """The uncompressed model at this recipe's batch size and device, fit to be the reference for deltas:
+    a stored baseline that was contended or noisy is measured again first."""
+    base = measure_or_load(recipe.baseline(), db, via=via)
+    lat = base.result.latency_ms or {}
+    if base.from_store and base.result.error is None and (lat.get("contended") or lat.get("noisy")):
+        base = measure_or_load(recipe.baseline(), db, via=via, fresh=True)
+    return base
+
+
+# --- sweeps ---------------------------------------------------------------------------------------------
+def sweep_grid(model: str, **axes: Any) -> tuple[list[Recipe], list[str]]:
+    """The recipes of a grid (see results.sweep.expand_grid) after checking the model and device."""
+    from engine.compress.pipeline import check_device
+
+    check_model(model)
+    recipes, skipped = expand_grid(model, **axes)
+    check_device(recipes[0].device)
+    return recipes, skipped
+
+
+def seed_grid(model: str) -> list[Recipe]:
+    """The starter grid; smaller for large models, whose every point takes seconds on a laptop CPU."""
+    from engine.measure.run import base_model
+
+    grid = dict(SEED_GRID)
+    if sum(p.numel() for p in base_model(model)[0].parameters()) > LARGE_MODEL_PARAMS:
+        grid.update(methods=["structured"], bits=[None, 8])
+    return sweep_grid(model, **grid)[0]
+
+
+def missing(recipes: list[Recipe], db: str | Path, profile: str = "quick", remeasure_contended: bool = False
+            ) -> list[Recipe]:
+    """The recipes the store does not hold yet for this machine (at this profile)."""
+    with Store(db) as store:
+        return todo(recipes, store, check_profile(profile), remeasure_contended=remeasure_contended)
+
+
+def sweep(recipes: list[Recipe], db: str | Path, profile: str = "thorough", threads: int | None = None,
+          on_progress: Callable[[Step], None] | None = None, should_stop: Callable[[], bool] = lambda: False,
+          retry_failed: bool = False, remeasure_contended: bool = False) -> SweepSummary:
+    """Measure in this process every recipe the store still needs (resumable, one row at a time)."""
+    check_profile(profile)
+    check_threads(threads)
+    with Store(db) as store:
+        return run_sweep(recipes, store, profile=profile, threads=threads, on_progress=on_progress,
+                         should_stop=should_stop, retry_failed=retry_failed, remeasure_contended=remeasure_contended)
+
+
+def start_sweep(recipes: list[Recipe], db: str | Path, via: Worker, profile: str = "quick",
+                remeasure_contended: bool = False) -> int | None:
+    """Run a sweep in the background in `via`; the job id, or None when nothing needs measuring."""
+    if not missing(recipes, db, profile, remeasure_contended):
+        return None
+    return via.sweep(recipes, str(db), check_profile(profile), remeasure=remeasure_contended)
+
+
+def untrusted_recipes(model: str, db: str | Path) -> list[Recipe]:
+    """Recipes of the model's rows on this machine that were measured contended or by an older engine."""
+    with Store(db) as store:
+        rows, _ = store.rows(model=model, device_id=fingerprint()["id"])
+    return [Recipe.from_json(r["recipe_json"]) for r in rows if r["error"] is None and not pareto.trusted(r)]
+
+
+# --- results --------------------------------------------------------------------------------------------
+def model_rows(model: str, db: str | Path, objectives: str | list[str], min_accuracy: str | None = None,
+               all_devices: bool = False, include_untrusted: bool = False) -> dict[str, Any]:
+    """Every stored row of `model` with `shown` / `trusted` / `eligible` / `on_frontier` marks, the
+    hypervolume and how many damaged rows were skipped."""
+    objs = pareto.parse_objectives(objectives)
+    with Store(db) as store:
+        rows, damaged = store.rows(model=model, device_id=None if all_devices else fingerprint()["id"])
+    baseline = next((r["baseline_accuracy"] for r in rows if r["baseline_accuracy"] is not None), None)
+    out = pareto.frontier(rows, objs, pareto.parse_min_accuracy(min_accuracy, baseline), include_untrusted)
+    out["damaged"] = damaged
+    return out
+
+
+def frontier(model: str, db: str | Path, objectives: str | list[str] = ",".join(pareto.DEFAULT_OBJECTIVES),
+             min_accuracy: str | None = None, all_devices: bool = False, include_untrusted: bool = False
+             ) -> dict[str, Any]:
+    """The non-dominated configurations of a model, best accuracy first (the CLI's `frontier`)."""
+    _must_exist(db)
+    out = model_rows(model, db, objectives, min_accuracy, all_devices, include_untrusted)
+    rows = out["rows"]
+    if not rows:
+        raise UserError(f"no results for model {str(model)[:80]!r} on this machine in {db}: run a sweep first")
+    front = sorted((r for r in rows if r["on_frontier"]), key=lambda r: -(r["accuracy"] or 0))
+    return {"model": model, "objectives": out["objectives"], "min_accuracy": out["min_accuracy"],
+            "hypervolume": out["hypervolume"],
+            "hypervolume_reference": "costs / uncompressed cost; accuracy 0 and 1.1 x the largest normalised cost",
+            "frontier": [_public(r) for r in front], "considered": sum(r["eligible"] for r in rows),
+            "untrusted": sum(r["shown"] and not r["trusted"] for r in rows), "damaged_rows": out["damaged"],
+            "failed": [{"id": r["id"], "label": r["label"], "error": r["error"]} for r in rows if r["error"]]}
+
+
+def results(db: str | Path, model: str | None = None) -> dict[str, Any]:
+    _must_exist(db)
+    with Store(db) as store:
+        rows, damaged = store.rows(model=model)
+    return {"rows": [_public(r) for r in rows], "damaged_rows": damaged}
+
+
+def stored_models(db: str | Path) -> list[str]:
+    with Store(db) as store:
+        return store.models()
+
+
+def recipe_of_row(row_id: int, db: str | Path) -> Recipe:
+    with Store(db) as store:
+        return Recipe.from_dict(store.get_id(row_id).recipe)
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in ("recipe_json", "eligible", "on_frontier", "shown")}
+
+
+def _must_exist(db: str | Path) -> None:
+    if not Path(db).exists():
+        raise UserError(f"no results database at {db}: run `python -m engine sweep --db {db} ...` first")
+
+
+# --- export and apply -----------------------------------------------------------------------------------
+def export(out: str | Path, *, recipe: Recipe | None = None, row_id: int | None = None, db: str | Path | None = None,
+           force: bool = False, profile: str = "thorough", via: Worker | None = None) -> dict[str, Any]:
+    """Write the verified bundle of a stored row (`row_id` in `db`) or of a recipe (measured, or read from `db`)."""
+    from engine.bundle.bundle import check_out, write_bundle
+
+    check_out(out, force)  # before any measuring: a bad --out costs nothing
+    rows: list[dict] = []
+    if row_id is not None:
+        if db is None:
+            raise UserError("a row id needs the results database it is in (--db)")
+        _must_exist(db)
+        with Store(db) as store:
+            result = store.get_id(row_id)
+            recipe = Recipe.from_dict(result.recipe)
+            rows, _ = store.rows(model=recipe.model, device_id=result.device.get("id"))
+        check_model(recipe.model)
+        if result.error:
+            raise UserError(f"row {row_id} is a failed configuration ({result.error}): nothing to export")
+    elif recipe is not None:
+        check_model(recipe.model)
+        if db is not None:
+            result = measure_or_load(recipe, db, profile, via=via).result
+            with Store(db) as store:
+                rows, _ = store.rows(model=recipe.model, device_id=fingerprint()["id"])
+        else:
+            result = measure(recipe, profile)
+    else:
+        raise UserError("export needs a stored row (--db with --id) or a recipe (--model with the recipe flags)")
+    return write_bundle(recipe, out, result, rows, force=force)
+
+
+def bundle_zip(recipe: Recipe, db: str | Path, via: Worker | None = None) -> tuple[bytes, dict[str, Any]]:
+    """The export bundle of `recipe` as zip bytes (the files `python -m engine export` writes)."""
+    measured = measure_or_load(recipe, db, via=via)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / f"{recipe.model}-{recipe.key}"
+        from engine.bundle.bundle import write_bundle
+
+        with Store(db) as store:
+            rows, _ = store.rows(model=recipe.model, device_id=fingerprint()["id"])
+        summary = write_bundle(recipe, folder, measured.result, rows)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for f in sorted(folder.iterdir()):
+                zf.write(f, f"{folder.name}/{f.name}")
+    return buf.getvalue(), summary
+
+
+def apply_bundle(path: str | Path, out: str | Path | None = None, force: bool = False) -> dict[str, Any]:
+    """Verify a bundle (every file against its record) or re-create a bare recipe; optionally write a new bundle.
+
+    The result's `error` names the first file that failed (the CLI exits 1)."""
+    from engine.bundle.bundle import check_out, read_record, reapply, verify
+
+    recipe, record, folder = read_record(path)
+    if out is not None:
+        check_out(out, force)
+    res = reapply(recipe) if record is None else verify(folder, recipe, record)
+    if out is not None and not res["error"]:
+        res["new_bundle"] = export(out, recipe=recipe, force=force)
+    return res

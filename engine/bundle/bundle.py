@@ -1,0 +1,362 @@
+"""A bundle: the chosen configuration as files a user takes away, and the check that they are what they claim.
+
+Written to a temporary folder, then renamed into place, so a failure leaves nothing half-written:
+  recipe.json        the recipe, engine version, device fingerprint, measured metrics, and the SHA-256 of
+                     every other file (the bundle marker: `--force` replaces only folders that hold one)
+  model.onnx         the compressed model for ONNX Runtime (int8 integer kernels for 8-bit recipes)
+  model.safetensors  PyTorch weights (no pickle); rebuild = the recipe's architecture + these weights
+  compressed.bin     the real storage format (packed codes, sparse tensors, DEFLATE); see compress.codec
+  model_card.json    inputs, dtypes, preprocessing, outputs, verification results
+  report.html        self-contained report: the point on its frontier, metrics and their provenance
+  README.md          how to use each file
+
+`verify` never trusts a file: it checks every hash, refuses symlinks and files outside the folder,
+re-creates the model from the recipe and compares it with the stored weights, and re-evaluates the
+PyTorch and ONNX models on the evaluation data against the recorded metrics.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from engine import __version__
+from engine.bundle.onnx import check_self_contained, export_onnx, onnx_accuracy
+from engine.bundle.report import README, report_html
+from engine.compress import codec
+from engine.compress.pipeline import Applied, apply
+from engine.compress.precision import DTYPES
+from engine.compress.quantize import select_kernels
+from engine.core.errors import RecipeError, UserError, VerificationError
+from engine.core.recipe import Recipe, parse_json
+from engine.core.result import Result
+from engine.measure.fingerprint import fingerprint
+from engine.measure.run import base_model, evaluate
+from engine.models import get_spec
+
+BUNDLE_FORMAT = 2
+FILES = ("model.onnx", "model.safetensors", "compressed.bin", "model_card.json", "report.html", "README.md")
+RECORD = "recipe.json"
+ACCURACY_TOLERANCE = 0.02  # |ONNX Runtime accuracy - PyTorch accuracy| above this is a visible warning
+# Re-evaluating the same file on the same data must give the recorded figure; the margin allows another
+# CPU's int8/sparse kernels to round differently (one flipped digit of 450 is 0.0022), not a changed model.
+REPEAT_TOLERANCE = 0.005
+MAX_RECORD_BYTES = 5_000_000
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def stored_form(recipe: Recipe) -> Applied:
+    """The compressed model as plain float modules on the CPU (weights on the grid): what ONNX and
+    safetensors hold. Kernel selection (int8, sparse) happens when a model is loaded to run."""
+    base, spec = base_model(recipe.model)
+    return apply(base, recipe.with_(device="cpu"), spec, kernels=False)
+
+
+def encoded(applied: Applied, recipe: Recipe) -> bytes:
+    return codec.encode(applied.storage_state, applied.quant, DTYPES[recipe.precision])
+
+
+# --- where a bundle may be written ----------------------------------------------------------------
+def _protected(path: Path) -> bool:
+    """`/`, the home folder, the current folder and its parents: never replaced, whatever they hold."""
+    cwd = Path.cwd().resolve()
+    return path == Path(path.anchor) or path == Path.home().resolve() or path == cwd or path in cwd.parents
+
+
+def is_bundle(folder: Path) -> bool:
+    record = folder / RECORD
+    try:
+        if record.is_symlink() or not record.is_file() or record.stat().st_size > MAX_RECORD_BYTES:
+            return False
+        data = json.loads(record.read_text(encoding="utf-8"))
+        return isinstance(data, dict) and isinstance(data.get("bundle"), dict)
+    except (OSError, ValueError, RecursionError):
+        return False
+
+
+def check_out(out: str | Path, force: bool) -> Path:
+    """Where a new bundle may go; raises UserError (and touches nothing) otherwise."""
+    out = Path(out)
+    resolved = out.resolve()
+    if _protected(resolved):
+        raise UserError(f"--out {out} is the root, the home folder, the current folder or one of its parents: "
+                        "choose a new folder for the bundle")
+    if not out.name or len(out.name.encode()) > 255:
+        raise UserError(f"--out {str(out)[:80]!r} is not a usable folder name")
+    if out.is_symlink() or out.exists():
+        if not force:
+            raise UserError(f"{out} already exists: choose another --out or pass --force to replace it")
+        if out.is_symlink() or not out.is_dir():
+            raise UserError(f"{out} is a file, not a bundle folder: refusing to replace it")
+        if not is_bundle(out):
+            raise UserError(f"{out} is not a bundle written by this tool (it has no bundle record): "
+                            "refusing to replace it")
+        extra = sorted(p.name for p in out.iterdir() if p.name not in FILES + (RECORD,))
+        if extra:
+            raise UserError(f"{out} holds files that are not part of the bundle ({', '.join(extra[:5])}): "
+                            "refusing to replace it")
+    parent = resolved.parent
+    if parent.exists() and not parent.is_dir():
+        raise UserError(f"{out.parent} is a file, so {out.name} cannot be created in it")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {out.parent}: {exc.strerror or exc}") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{out.parent} is not writable")
+    return out
+
+
+# --- writing ------------------------------------------------------------------------------------------
+def write_bundle(recipe: Recipe, out: str | Path, result: Result, rows: list[dict], force: bool = False
+                 ) -> dict[str, Any]:
+    """Write the verified bundle of `recipe` (measured as `result`) to `out`."""
+    out = check_out(out, force)
+    if result.error:
+        raise UserError(f"this configuration failed to run, so there is nothing to export: {result.error}")
+    recipe = recipe.with_(device="cpu")  # the bundle is verified on CPU ONNX Runtime
+    spec = get_spec(recipe.model)
+    applied = stored_form(recipe)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.resolve().parent))
+    except OSError as exc:
+        raise UserError(f"cannot write in {out.parent}: {exc.strerror or exc}") from None
+    try:
+        blob = encoded(applied, recipe)
+        (tmp / "compressed.bin").write_bytes(blob)
+        save_file({k: v.contiguous() for k, v in applied.storage_state.items()}, str(tmp / "model.safetensors"),
+                  metadata={"recipe": recipe.to_json()})
+        onnx_info = export_onnx(applied, recipe, spec, tmp / "model.onnx")
+        import onnxruntime
+
+        onnx_acc = onnx_accuracy(tmp / "model.onnx", spec)
+        gap = abs(onnx_acc - result.accuracy)
+        vwarn = []
+        if gap > ACCURACY_TOLERANCE:
+            vwarn.append(f"ONNX Runtime {result.metric_kind} {onnx_acc:.4f} differs from PyTorch "
+                         f"{result.accuracy:.4f} by {gap:.4f} (> {ACCURACY_TOLERANCE})")
+        fp32_bytes = result.baseline_size_bytes  # one fp32 size everywhere: the codec's uncompressed model
+        ratio = fp32_bytes / len(blob)
+        card = {
+            "model": recipe.model, "recipe_key": recipe.key, "task": spec.task, "metric": spec.metric,
+            "metric_kind": spec.metric_kind, "onnx": onnx_info, "preprocessing": spec.preprocessing,
+            "storage": {"file": "compressed.bin", "bytes": len(blob), "fp32_bytes": fp32_bytes,
+                        "compression_ratio": ratio},
+            "verification": {"onnx_accuracy": onnx_acc, "torch_accuracy": result.accuracy, "gap": gap,
+                             "tolerance": ACCURACY_TOLERANCE, "onnxruntime": onnxruntime.__version__,
+                             "warnings": vwarn},
+        }
+        (tmp / "model_card.json").write_text(json.dumps(card, indent=2, default=str) + "\n")
+        (tmp / "report.html").write_text(report_html(recipe, result, card, rows), encoding="utf-8")
+        (tmp / "README.md").write_text(README.format(
+            model=recipe.model, label=recipe.label(), version=__version__, key=recipe.key,
+            inputs=", ".join(f"{i['name']} {i['dtype']} {i['shape']}" for i in onnx_info["inputs"]),
+            preprocessing=spec.preprocessing, size=len(blob), fp32=fp32_bytes, ratio=ratio,
+            name=spec.metric_kind, onnx_acc=onnx_acc, torch_acc=result.accuracy))
+        record = {"bundle": {"format": BUNDLE_FORMAT, "files": {f: sha256(tmp / f) for f in FILES}},
+                  "recipe": recipe.to_dict(), "recipe_key": recipe.key, "model": recipe.model,
+                  "engine_version": __version__, "device": result.device or fingerprint(),
+                  "weights_sha256": hashlib.sha256(blob).hexdigest(), "metrics": result.to_dict(),
+                  "verification": card["verification"]}
+        (tmp / RECORD).write_text(json.dumps(record, indent=2, default=str) + "\n")
+        tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"out": str(out), "files": sorted(p.name for p in out.iterdir()), "recipe_key": recipe.key,
+            "metric_kind": result.metric_kind, "accuracy": result.accuracy, "onnx_accuracy": onnx_acc, "gap": gap,
+            "size_bytes": len(blob), "fp32_bytes": fp32_bytes, "compression_ratio": ratio, "warnings": vwarn,
+            "speedup": result.speedup, "latency_ms": result.latency_ms, "energy_j": result.energy_j,
+            "energy_source": result.energy_source}
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Move the finished bundle into place; an old bundle there is removed only after the move."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+# --- reading and verifying ------------------------------------------------------------------------
+def _regular(path: Path, what: str) -> None:
+    """A plain file inside the bundle: not a symlink, not a device, not missing."""
+    try:
+        st = path.lstat()
+    except OSError:
+        raise VerificationError(f"{what}: missing") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise VerificationError(f"{what}: is a symbolic link; a bundle holds only its own plain files")
+    if not stat.S_ISREG(st.st_mode):
+        raise VerificationError(f"{what}: is not a plain file")
+
+
+def read_record(path: str | Path) -> tuple[Recipe, dict[str, Any] | None, Path | None]:
+    """(recipe, bundle record or None for a bare recipe file, bundle folder or None)."""
+    p = Path(path)
+    folder = p if p.is_dir() else p.parent
+    if p.is_dir():
+        p = p / RECORD
+    if p.is_symlink():
+        raise VerificationError(f"{p.name}: is a symbolic link; refused (it may point outside the bundle)")
+    if not p.is_file():
+        raise UserError(f"no recipe file at {p}")
+    if p.stat().st_size > MAX_RECORD_BYTES:
+        raise RecipeError(f"{p} is too large to be a recipe file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"{p} is not a valid recipe file: {exc}") from None
+    data = parse_json(text, f"recipe file {p.name}")
+    if not isinstance(data, dict):
+        raise RecipeError(f"{p} is not a valid recipe file: expected a JSON object")
+    if "recipe" not in data:  # a bare recipe
+        recipe = Recipe.from_dict(data)
+        get_spec(recipe.model)
+        return recipe, None, None
+    recipe = Recipe.from_dict(data["recipe"])
+    get_spec(recipe.model)
+    for name, kind in (("metrics", dict), ("verification", dict), ("bundle", dict)):
+        if name in data and not isinstance(data[name], kind):
+            raise RecipeError(f"{p}: field {name!r} must be an object")
+    return recipe, data, folder
+
+
+def verify(folder: Path, recipe: Recipe, record: dict[str, Any]) -> dict[str, Any]:
+    """Every check of a bundle; the first failing file is named in `error` (the CLI exits 1)."""
+    checks: list[dict[str, Any]] = []
+    out = {"bundle": str(folder), "recipe": recipe.to_dict(), "recipe_key": recipe.key, "checks": checks,
+           "accuracy": None, "onnx_accuracy": None, "error": None}
+
+    def check(file: str, what: str, fn) -> Any:
+        try:
+            value = fn()
+            checks.append({"file": file, "check": what, "ok": True})
+            return value
+        except VerificationError as exc:
+            checks.append({"file": file, "check": what, "ok": False, "detail": str(exc)})
+            out["error"] = out["error"] or str(exc)
+            return None
+
+    files = (record.get("bundle") or {}).get("files")
+    if not isinstance(files, dict) or set(files) != set(FILES):
+        raise VerificationError(f"{RECORD}: lists no file hashes (written by an older engine, or edited): "
+                                "re-export the configuration")
+    hashed = {f: check(f, "sha256", lambda f=f: _hash_ok(folder / f, f, files[f])) for f in FILES}
+    applied = stored_form(recipe)
+    spec = get_spec(recipe.model)
+    if hashed["compressed.bin"]:
+        check("compressed.bin", "equals the recipe's compressed weights",
+              lambda: _same_bytes(folder / "compressed.bin", encoded(applied, recipe), record))
+    if hashed["model.safetensors"]:
+        model = check("model.safetensors", "equals the recipe's weights",
+                      lambda: _load_weights(folder, recipe, applied))
+        if model is not None:
+            acc = out["accuracy"] = _evaluate(model, recipe, spec)
+            check("model.safetensors", "re-evaluated accuracy matches the record",
+                  lambda: _close(acc, (record.get("metrics") or {}).get("accuracy"), "model.safetensors"))
+    if hashed["model.onnx"]:
+        def onnx_check() -> float:
+            check_self_contained(folder / "model.onnx")
+            try:
+                return onnx_accuracy(folder / "model.onnx", spec)
+            except Exception as exc:  # noqa: BLE001  (ONNX Runtime raises its own types on bad graphs)
+                raise VerificationError(f"model.onnx: does not run in ONNX Runtime: {str(exc)[:160]}") from None
+
+        acc = out["onnx_accuracy"] = check("model.onnx", "runs in ONNX Runtime", onnx_check)
+        if acc is not None:
+            check("model.onnx", "re-evaluated accuracy matches the record",
+                  lambda: _close(acc, (record.get("verification") or {}).get("onnx_accuracy"), "model.onnx"))
+    out["unverified_files"] = sorted(p.name for p in folder.iterdir() if p.name not in FILES + (RECORD,))
+    out["identical_weights"] = all(c["ok"] for c in checks if "weights" in c["check"] or c["check"] == "sha256")
+    return out
+
+
+def _hash_ok(path: Path, name: str, expected: Any) -> bool:
+    _regular(path, name)
+    if not isinstance(expected, str) or sha256(path) != expected:
+        raise VerificationError(f"{name}: its SHA-256 does not match the one recorded in {RECORD} (changed)")
+    return True
+
+
+def _same_bytes(path: Path, expected: bytes, record: dict[str, Any]) -> None:
+    if path.read_bytes() != expected or hashlib.sha256(expected).hexdigest() != record.get("weights_sha256"):
+        raise VerificationError("compressed.bin: does not hold the weights the recipe re-creates")
+    try:
+        codec.decode(expected)
+    except codec.CodecError as exc:
+        raise VerificationError(f"compressed.bin: {exc}") from None
+
+
+def _load_weights(folder: Path, recipe: Recipe, applied: Applied) -> nn.Module:
+    try:
+        state = load_file(str(folder / "model.safetensors"))
+    except Exception as exc:  # noqa: BLE001  (safetensors raises its own error types)
+        raise VerificationError(f"model.safetensors: not a valid safetensors file: {str(exc)[:160]}") from None
+    want = applied.storage_state
+    if state.keys() != want.keys() or any(state[k].shape != want[k].shape or state[k].dtype != want[k].dtype
+                                          or not torch.equal(state[k], want[k]) for k in want):
+        raise VerificationError("model.safetensors: does not hold the weights the recipe re-creates")
+    applied.model.load_state_dict(state, strict=True)
+    return applied.model
+
+
+def _evaluate(model: nn.Module, recipe: Recipe, spec) -> float:
+    if recipe.quantize.bits is not None:
+        select_kernels(model, recipe.quantize, "cpu")
+    return evaluate(Applied(model=model), recipe.with_(device="cpu"), spec)["accuracy"]
+
+
+def _close(value: float, recorded: Any, name: str) -> None:
+    if not isinstance(recorded, (int, float)) or isinstance(recorded, bool) or abs(value - recorded) > REPEAT_TOLERANCE:
+        raise VerificationError(f"{name}: re-evaluated to {value:.4f}, but {RECORD} records {recorded!r:.20}")
+
+
+def reapply(recipe: Recipe) -> dict[str, Any]:
+    """Re-create a bare recipe's compressed model and evaluate it (nothing recorded to compare with)."""
+    applied = stored_form(recipe)
+    spec = get_spec(recipe.model)
+    return {"recipe": recipe.to_dict(), "recipe_key": recipe.key, "checks": [], "bundle": None,
+            "accuracy": _evaluate(applied.model, recipe, spec), "onnx_accuracy": None,
+            "weights_sha256": hashlib.sha256(encoded(applied, recipe)).hexdigest(), "error": None}
+
+
+def load_torch(bundle: str | Path) -> nn.Module:
+    """Rebuild the compressed PyTorch model of a verified-readable bundle: the recipe re-creates the
+    architecture (pruned shapes), the safetensors file supplies the weights; int8 kernels as at measurement."""
+    recipe, record, folder = read_record(bundle)
+    if record is None:
+        raise UserError(f"{bundle} is a bare recipe, not a bundle: there are no weights to load")
+    _regular(folder / "model.safetensors", "model.safetensors")
+    applied = stored_form(recipe)
+    try:
+        state = load_file(str(folder / "model.safetensors"))
+        applied.model.load_state_dict(state, strict=True)
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"{folder}/model.safetensors is not a valid safetensors file for this recipe: "
+                        f"{str(exc)[:160]}") from None
+    if recipe.quantize.bits is not None:
+        select_kernels(applied.model, recipe.quantize, "cpu")
+    return applied.model.eval()

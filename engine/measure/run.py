@@ -1,0 +1,176 @@
+"""run_recipe(recipe) -> Result: create (cached) -> deep copy -> apply -> evaluate -> time (paired) -> memory
+-> energy.
+
+Base models and their fp32 reference outputs are cached per process and never mutated: every
+measurement works on a deep copy, so a dashboard worker can share them between users.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+from engine.compress.pipeline import Applied, apply, check_device
+from engine.compress.precision import cast_inputs
+from engine.core.errors import UserError
+from engine.core.recipe import Recipe
+from engine.core.result import Result
+from engine.measure import interference
+from engine.measure import memory as memory_mod
+from engine.measure.energy import CounterMeter, energy_of, watts_per_core
+from engine.measure.fingerprint import fingerprint
+from engine.measure.latency import PROFILES, Timing, thread_clock, time_paired
+from engine.models import ModelSpec, create_model, get_spec
+
+log = logging.getLogger(__name__)
+_LOCK = threading.Lock()  # torch thread settings and the peak-RSS counter are process-wide
+MAX_THREADS = 1024
+
+
+@lru_cache(maxsize=4)
+def base_model(name: str) -> tuple[nn.Module, ModelSpec]:
+    """The uncompressed model, loaded once per process. Never mutate it: `apply` deep-copies."""
+    model, spec = create_model(name)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, spec
+
+
+@lru_cache(maxsize=2)
+def _base_on(name: str, device: str) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(base_model(name)[0]).to(device)
+
+
+def baseline_on(name: str, device: str) -> nn.Module:
+    """The uncompressed model on `device` (the CPU one is the cached base itself)."""
+    return base_model(name)[0] if device == "cpu" else _base_on(name, device)
+
+
+@lru_cache(maxsize=4)
+def reference(name: str) -> tuple[torch.Tensor, dict[str, float], int]:
+    """fp32 outputs of the uncompressed model on the evaluation data, its score, and its stored size."""
+    model, spec = base_model(name)
+    with torch.inference_mode():
+        out = torch.cat([spec.forward(model, x) for x in spec.eval_inputs()]).float()
+    baseline = apply(model, Recipe(model=name), spec)
+    return out, spec.score(out, out), baseline.size_bytes
+
+
+def evaluate(applied: Applied, recipe: Recipe, spec: ModelSpec) -> dict[str, float]:
+    ref, _, _ = reference(recipe.model)
+    with torch.inference_mode():
+        outs = [spec.forward(applied.model, cast_inputs(x, recipe.precision, recipe.device))
+                for x in spec.eval_inputs()]
+    out = torch.cat(outs).float().cpu()
+    if not torch.isfinite(out).all():
+        raise RuntimeError("the compressed model produced non-finite outputs (NaN/inf)")
+    return spec.score(out, ref)
+
+
+def default_threads() -> int:
+    from engine.core.hardware import detect
+
+    return detect().physical_cores
+
+
+def check_threads(threads: int | None) -> int:
+    """The requested intra-op thread count (default: physical cores), validated."""
+    if threads is None:
+        return default_threads()
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise UserError(f"threads={threads!r} is not allowed: an integer 1 to {MAX_THREADS}")
+    return threads
+
+
+def run_recipe(recipe: Recipe, profile: str = "quick", threads: int | None = None) -> Result:
+    """Apply `recipe` to a fresh copy of its model and measure it. Bad input raises UserError;
+    any failure while running the configuration is returned in `Result.error`."""
+    if profile not in PROFILES:
+        raise UserError(f"profile={profile!r} is not allowed: choose one of {', '.join(PROFILES)}")
+    spec = get_spec(recipe.model)
+    check_device(recipe.device)
+    requested = check_threads(threads)
+    watts_per_core()  # a bad override is refused before any work
+    result = Result(model=recipe.model, recipe=recipe.to_dict(), metric=spec.metric, metric_kind=spec.metric_kind,
+                    device=fingerprint(), profile=profile, threads=requested)
+    start = time.perf_counter()
+    with _LOCK:
+        previous = torch.get_num_threads()
+        try:
+            used = interference.choose_threads(requested, interference.probe())
+            result.threads = used
+            torch.set_num_threads(used)
+            base, _ = base_model(recipe.model)
+            _, base_score, result.baseline_size_bytes = reference(recipe.model)
+            result.baseline_accuracy = base_score["accuracy"]
+            applied = apply(base, recipe, spec)
+            result.kernels, result.warnings = applied.kernels, applied.warnings
+            result.params_total, result.params_nonzero = applied.params_total, applied.params_nonzero
+            result.param_bytes, result.size_bytes = applied.param_bytes, applied.size_bytes
+            scores = evaluate(applied, recipe, spec)
+            result.accuracy = scores.pop("accuracy")
+            result.extra_metrics = scores
+            _time(applied, recipe, spec, profile, used, requested, result)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (a configuration that fails is a result, not a crash)
+            log.debug("configuration %s failed:\n%s", recipe.key, traceback.format_exc())
+            result.error = f"{type(exc).__name__}: {exc}".strip()[:500]
+        finally:
+            torch.set_num_threads(previous)
+    result.wall_s = time.perf_counter() - start
+    return result
+
+
+def _time(applied: Applied, recipe: Recipe, spec: ModelSpec, profile: str, threads: int, requested: int,
+          result: Result) -> None:
+    inputs = cast_inputs(spec.example_inputs(recipe.batch_size), recipe.precision, recipe.device)
+    model = applied.model
+
+    def run() -> object:
+        return spec.forward(model, inputs)
+
+    baseline = None
+    if not recipe.is_baseline:  # timed in alternating blocks with this one: the speed-up is paired
+        base = baseline_on(recipe.model, recipe.device)
+        base_inputs = cast_inputs(spec.example_inputs(recipe.batch_size), "fp32", recipe.device)
+
+        def baseline() -> object:
+            return spec.forward(base, base_inputs)
+
+    sync = torch.cuda.synchronize if recipe.device == "cuda" else None
+    meter = CounterMeter(recipe.device)
+    with torch.inference_mode():
+        timing = time_paired(run, baseline, PROFILES[profile], threads, requested, sync=sync, energy=meter,
+                             cpu_clock=thread_clock(threads, recipe.device == "cpu"))
+        mem = memory_mod.measure_run(model, run, recipe.device)
+    _record(timing, recipe, result)
+    result.peak_memory_bytes, result.memory_source = mem.peak_bytes, mem.source
+    en = energy_of(timing, meter)
+    result.energy_j, result.energy_source, result.energy_note = en.joules_per_call, en.source, en.note
+    if en.source.startswith("estimated"):
+        result.warnings.append("energy is estimated from CPU time (no energy counter readable here)")
+
+
+def _record(timing: Timing, recipe: Recipe, result: Result) -> None:
+    lat = result.latency_ms = {**timing.latency, "batch_size": recipe.batch_size}
+    result.speedup, result.speedup_spread = (1.0, 0.0) if recipe.is_baseline else (timing.speedup,
+                                                                                     timing.speedup_spread)
+    if lat["contended"]:
+        why = (f"only {lat['threads']} of {lat['threads_requested']} threads had a free core"
+               if lat["threads"] < lat["threads_requested"] else
+               f"other work used {lat['foreign_cpu']:.1f} cores during the timed blocks")
+        result.warnings.append(f"measured while the machine was busy ({why}): absolute times are not those of a "
+                               "quiet machine; the paired speed-up still compares like with like. Re-measure when "
+                               "the machine is quiet")
+    elif lat["noisy"]:
+        result.warnings.append(f"latency is noisy (IQR/median {lat['iqr_ratio']:.0%} > 10%): compare with care")
+    if lat["insufficient"]:
+        result.warnings.append(f"only {lat['calls']} calls fitted in the time limit: fewer than the profile asks for")

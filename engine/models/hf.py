@@ -1,0 +1,85 @@
+"""Loading Hugging Face Transformers folders safely: no remote code, no pickle, no prompt, offline by default.
+
+Transformers would execute a folder's own Python (`auto_map`) after asking on stdin, and reads pickled
+`pytorch_model.bin` checkpoints; both are refused here before Transformers sees the folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from engine.core.errors import UserError
+
+MAX_CONFIG_BYTES = 1_000_000
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def _check_folder(folder: Path) -> None:
+    if not folder.is_dir():
+        raise UserError(f"model folder {folder} does not exist or is not a folder")
+    config = folder / "config.json"
+    if not config.is_file():
+        raise UserError(f"{folder} is not a Transformers model folder: it has no config.json")
+    for name in ("config.json", "tokenizer_config.json"):
+        path = folder / name
+        if not path.is_file():
+            continue
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise UserError(f"{path} is too large to be a configuration file")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError) as exc:
+            raise UserError(f"{path} is not valid JSON: {str(exc)[:120]}") from None
+        if isinstance(data, dict) and "auto_map" in data:
+            raise UserError(f"{path} asks to run the folder's own Python code (auto_map): refused; "
+                            "this tool never executes model code it did not ship")
+    if not any(folder.glob("*.safetensors")):
+        pickled = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt*")]
+        hint = (f" It holds only pickle checkpoints ({', '.join(pickled[:3])}): convert them once, on a machine you "
+                "trust, with `AutoModel.from_pretrained(folder).save_pretrained(folder, safe_serialization=True)`."
+                if pickled else "")
+        raise UserError(f"{folder} has no .safetensors weights.{hint}")
+
+
+def resolve(source: str) -> str:
+    """A local folder (checked) or, only where the network is allowed, a hub id."""
+    path = Path(source).expanduser()
+    if path.exists():
+        _check_folder(path)
+        return str(path)
+    if not HUB_ID.fullmatch(source):
+        raise UserError(f"model folder {source} does not exist")
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise UserError(f"{source!r} is not a local folder, and hub downloads are off (HF_HUB_OFFLINE=1): "
+                        "give a folder, or allow the network with HF_HUB_OFFLINE=0")
+    return source
+
+
+def _kwargs(source: str) -> dict[str, Any]:
+    return {"trust_remote_code": False, "local_files_only": Path(source).exists()}
+
+
+def load_model(source: str, auto_class: Any = None) -> Any:
+    """`auto_class.from_pretrained` (default AutoModel) with safetensors only and no remote code."""
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    resolved = resolve(source)
+    try:
+        return (auto_class or AutoModel).from_pretrained(resolved, use_safetensors=True, **_kwargs(resolved)).eval()
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"could not load the model from {source!r}: {str(exc).splitlines()[0][:200]}") from None
+
+
+def load_tokenizer(source: str) -> Any:
+    from transformers import AutoTokenizer
+
+    resolved = resolve(source)
+    try:
+        return AutoTokenizer.from_pretrained(resolved, **_kwargs(resolved))
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"could not load the tokenizer from {source!r}: {str(exc).splitlines()[0][:200]}") from None
