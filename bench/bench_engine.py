@@ -15,12 +15,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from engine import __version__  # noqa: E402
+from engine.core.recipe import Prune, Quantize, Recipe  # noqa: E402
 from engine.measure.fingerprint import fingerprint  # noqa: E402
-from engine.recipe import Prune, Quantize, Recipe  # noqa: E402
-from engine.runner import measure  # noqa: E402
-from engine.store import Store  # noqa: E402
-from engine.sweep import expand_grid, run_sweep  # noqa: E402
+from engine.measure.run import run_recipe as measure  # noqa: E402
+from engine.results.store import Store  # noqa: E402
+from engine.results.sweep import expand_grid, run_sweep  # noqa: E402
 
 
 def interactive(lines: list[str]) -> None:
@@ -34,7 +33,7 @@ def interactive(lines: list[str]) -> None:
             walls.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         for _ in range(20):
-            store.get(r, fingerprint()["id"], __version__)
+            store.get(r, fingerprint()["id"])
         hit = (time.perf_counter() - t0) / 20
     lines += ["## Interactive (digits-cnn, `quick` profile, model already loaded)", "",
               f"- new configuration measured and stored: median {statistics.median(walls):.2f} s "
@@ -49,13 +48,15 @@ def sweep(lines: list[str]) -> None:
         t0 = time.perf_counter()
         summary = run_sweep(recipes, store, profile="thorough")
         wall = time.perf_counter() - t0
-        rows = store.rows()
+        rows, _ = store.rows()
     iqr = [r["latency_iqr_ratio"] for r in rows if r["latency_iqr_ratio"] is not None]
     quiet = sum(x <= 0.10 for x in iqr)
-    lines += ["## Sweep (digits-cnn, `thorough` profile)", "",
+    spread = [r["speedup_spread"] for r in rows if r["speedup_spread"]]
+    lines += ["## Sweep (digits-cnn, `thorough` profile, each configuration paired with the baseline)", "",
               f"- {summary.total} configurations in {wall:.1f} s ({wall / summary.total:.2f} s each; target: 60+ in <= 60 s)",
               f"- latency IQR/median <= 10 % on {quiet} of {len(iqr)} rows; median IQR/median "
-              f"{statistics.median(iqr):.1%}", f"- failed: {summary.failed}", ""]
+              f"{statistics.median(iqr):.1%}; median speed-up spread {statistics.median(spread):.1%}",
+              f"- failed: {summary.failed}; contended: {summary.contended}", ""]
 
 
 def side_by_side(lines: list[str]) -> None:
@@ -71,9 +72,10 @@ def side_by_side(lines: list[str]) -> None:
         "fp16": dict(precision="fp16"),
     }
     for model, batch in (("digits-cnn", 1), ("digits-cnn", 64), ("minilm", 1), ("minilm", 16)):
-        lines += [f"## {model}, batch {batch} (`thorough`; ratios vs fp32 from this one run)", "",
-                  "| recipe | accuracy | p50 ms | speed-up | IQR/med | size | size ratio | energy mJ (source) | kernels |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"## {model}, batch {batch} (`thorough`; speed-up paired with fp32 in alternating blocks)", "",
+                  "| recipe | accuracy | p50 ms | speed-up (spread) | IQR/med | contended | size | size ratio | "
+                  "energy mJ (source) | kernels |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         measure(Recipe(model=model, batch_size=batch), profile="thorough")  # warm caches and clocks first
         base = None
         for name, kw in families.items():
@@ -84,11 +86,12 @@ def side_by_side(lines: list[str]) -> None:
                 lines.append(f"| {name} | failed: {r.error} | | | | | | | |")
                 continue
             base = base or r
-            lat, blat = r.latency_ms["p50"], base.latency_ms["p50"]
-            kern = "; ".join(k["kernel"] for k in r.kernels if k["step"] != "precision" or "fp32" not in k["kernel"])
-            lines.append(f"| {name} | {r.accuracy:.4f} | {lat:.3f} | {blat / lat:.2f}x | {r.latency_ms['iqr_ratio']:.0%} | "
-                         f"{r.size_bytes / 1024:.0f} KiB | {base.size_bytes / r.size_bytes:.2f}x | "
-                         f"{r.energy_j * 1e3:.2f} ({r.energy_source}) | {kern} |")
+            kern = "; ".join(k.kernel + (" (simulated)" if k.simulated else "") for k in r.kernels
+                             if k.step != "precision" or "fp32" not in k.kernel)
+            lines.append(f"| {name} | {r.accuracy:.4f} | {r.latency_ms['p50']:.3f} | {r.speedup:.2f}x "
+                         f"({r.speedup_spread:.0%}) | {r.latency_ms['iqr_ratio']:.0%} | "
+                         f"{'yes' if r.contended else 'no'} | {r.size_bytes / 1024:.0f} KiB | "
+                         f"{base.size_bytes / r.size_bytes:.2f}x | {r.energy_j * 1e3:.3g} ({r.energy_source}) | {kern} |")
         lines.append("")
 
 

@@ -16,12 +16,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from engine.export import export, onnx_feed, onnx_session  # noqa: E402
+from engine.bundle.bundle import write_bundle  # noqa: E402
+from engine.bundle.onnx import onnx_feed, onnx_session  # noqa: E402
+from engine.core.recipe import Quantize, Recipe  # noqa: E402
 from engine.measure.fingerprint import fingerprint  # noqa: E402
-from engine.measure.latency import PROFILES, time_calls  # noqa: E402
-from engine.recipe import Quantize, Recipe  # noqa: E402
-from engine.registry import get_spec  # noqa: E402
-from engine.runner import default_threads, measure  # noqa: E402
+from engine.measure.latency import PROFILES, time_paired  # noqa: E402
+from engine.measure.run import default_threads, run_recipe as measure  # noqa: E402
+from engine.models import get_spec  # noqa: E402
 
 
 def main() -> None:
@@ -42,13 +43,14 @@ def main() -> None:
                                                      quantize=Quantize(8, "dynamic")))):
             result = measure(recipe, profile="thorough")
             with tempfile.TemporaryDirectory() as tmp:
-                summary = export(recipe, Path(tmp) / "b", result=result)
+                summary = write_bundle(recipe, Path(tmp) / "b", result, [])
                 session = onnx_session(Path(tmp) / "b" / "model.onnx", threads=default_threads())
                 feed = onnx_feed(session, spec.example_inputs(batch))
-                ort = time_calls(lambda: session.run(None, feed), PROFILES["thorough"])
+                threads = default_threads()
+                ort = time_paired(lambda: session.run(None, feed), None, PROFILES["thorough"], threads, threads)
             eng = result.latency_ms["p50"]
-            lines.append(f"| {model} | {batch} | {name} | {eng:.3f} | {ort.p50:.3f} | {ort.p50 / eng:.2f} | "
-                         f"{result.accuracy:.4f} / {summary['onnx_accuracy']:.4f} |")
+            lines.append(f"| {model} | {batch} | {name} | {eng:.3f} | {ort.latency['p50']:.3f} | "
+                         f"{ort.latency['p50'] / eng:.2f} | {result.accuracy:.4f} / {summary['onnx_accuracy']:.4f} |")
             print(lines[-1], flush=True)
     lines += ["", "Both run with the same number of intra-op threads; int8 in ONNX Runtime is ONNX Runtime's dynamic "
               "quantization (MatMulInteger/ConvInteger), the engine's is torch.ao's fbgemm/x86 kernel (Linear only)."]
