@@ -21,6 +21,7 @@ from engine.models import model_names  # noqa: E402
 # No icons: the icon font behind ":material/...:" names is fetched from the network (an offline room has none),
 # and emoji need a colour font that not every machine has.
 st.set_page_config(page_title="Compression trade-offs", layout="wide")
+ui.style()
 state.init()
 
 PAGES = {
@@ -47,5 +48,5 @@ with st.sidebar:
                f"{', ' + ', '.join(hw.cpu_flags) if hw.cpu_flags else ''}. GPU: {hw.gpu_name or 'none'}.")
 
 with ui.guard("The results store cannot be used"):
-    api.stored_models(state.db_path())  # a damaged or foreign file: one message here, not one per page
+    api.open_store(state.db_path())  # created here; a damaged or foreign file: one message, not one per page
 st.navigation(list(PAGES.values())).run()

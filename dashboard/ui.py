@@ -15,6 +15,20 @@ from engine.core.units import fmt_bytes, fmt_energy, fmt_ms, fmt_speedup
 from engine.results.pareto import OBJECTIVES
 
 
+# Cards wrap instead of truncating on narrow windows (800 px with the sidebar open leaves ~500 px), and
+# Streamlit's own "Running / Stop" status is hidden: the pages show their own progress and Stop button.
+STYLE = """<style>
+[data-testid="stHorizontalBlock"] { flex-wrap: wrap; row-gap: 0.5rem; }
+[data-testid="stHorizontalBlock"] > [data-testid="stColumn"] { min-width: min(9.5rem, 100%); }
+[data-testid="stMetricValue"] { font-size: 1.6rem; }
+[data-testid="stStatusWidget"] { visibility: hidden; }
+</style>"""
+
+
+def style() -> None:
+    st.html(STYLE)
+
+
 def plain(message: str) -> str:
     """A message without the server's folders in it (file names are kept)."""
     db = Path(state.db_path()).resolve()
@@ -58,13 +72,14 @@ def metric_cards(r: Result, base: Result | None) -> None:
     speed = None if b is None or r.speedup is None else fmt_speedup(r.speedup)
     c[1].metric("Latency p50", fmt_ms(lat.get("p50")), speed,
                 delta_color="normal" if (r.speedup or 1) >= 1 else "inverse",
-                help=f"p90 {fmt_ms(lat.get('p90'))} · p99 {fmt_ms(lat.get('p99'))}"
-                     f"{'' if lat.get('p99_reliable') else ' (p99 from < 100 calls)'} · IQR/median "
-                     f"{lat.get('iqr_ratio', 0):.0%} · {lat.get('calls')} calls, batch {lat.get('batch_size')}, "
-                     f"{lat.get('threads')} of {lat.get('threads_requested')} threads · other work used "
-                     f"{lat.get('foreign_cpu', 0):.2f} cores · {lat.get('method')}. The change is the paired "
-                     f"speed-up: timed in alternating blocks with the uncompressed model (spread "
-                     f"{(r.speedup_spread or 0):.0%}).")
+                help=f"Median time of one call with a batch of {lat.get('batch_size')} "
+                     f"({lat.get('calls')} calls timed, {lat.get('threads')} of {lat.get('threads_requested')} "
+                     f"threads). The change below it is the speed-up against the uncompressed model, timed turn and "
+                     f"turn about with it, so it holds even when other work slows both. Details: p90 "
+                     f"{fmt_ms(lat.get('p90'))}, p99 {fmt_ms(lat.get('p99'))}"
+                     f"{'' if lat.get('p99_reliable') else ' (from < 100 calls)'}; spread of calls (IQR/median) "
+                     f"{lat.get('iqr_ratio', 0):.0%}, of the speed-up {(r.speedup_spread or 0):.0%}; other work used "
+                     f"{lat.get('foreign_cpu', 0):.2f} cores meanwhile.")
     c[2].metric("Stored size", fmt_bytes(r.size_bytes), _pct(r.size_bytes, r.baseline_size_bytes),
                 delta_color="inverse",
                 help="Bytes of the compressed storage format: packed b-bit codes + scales, sparse tensors as "
@@ -72,7 +87,8 @@ def metric_cards(r: Result, base: Result | None) -> None:
                      f"{r.params_total:,} parameters.")
     c[3].metric("Peak memory", fmt_bytes(r.peak_memory_bytes),
                 _pct(r.peak_memory_bytes, b.peak_memory_bytes if b else None), delta_color="inverse",
-                help=r.memory_source)
+                help="The model's weights in memory plus the extra memory one inference needs at its peak. "
+                     f"How: {r.memory_source}.")
     src = r.energy_source or "n/a"
     c[4].metric(f"Energy ({'estimated' if src.startswith('estimated') else 'measured'})", fmt_energy(r.energy_j),
                 _pct(r.energy_j, b.energy_j if b else None), delta_color="inverse",
@@ -106,6 +122,28 @@ def job_status(name: str):
     return None if job is None else api.worker().status(job)
 
 
+def _progress(status, verb: str) -> None:
+    st.progress(min(1.0, status.done / max(status.total, 1)),
+                text=f"{verb}: {status.done}/{status.total}"
+                     + (f" · now {status.current}" if status.current else "")
+                     + (f" · about {status.eta_s:.0f} s left" if status.eta_s else ""))
+
+
+def job_progress(name: str, verb: str) -> None:
+    """A progress bar for a background job that refreshes itself, and the whole page once the job ends."""
+    status = job_status(name)
+    if status is None or status.finished:
+        return
+
+    def draw() -> None:
+        now = job_status(name)
+        if now.finished:
+            st.rerun()
+        _progress(now, verb)
+
+    st.fragment(draw, run_every=2.0)()
+
+
 def live_frontier(model: str, db: str, job_name: str, cost: str, current_key: str | None, metric_kind: str,
                   chart_key: str) -> None:
     """The accuracy-vs-cost plot; while a background job runs it redraws every 2 s with its progress."""
@@ -114,10 +152,7 @@ def live_frontier(model: str, db: str, job_name: str, cost: str, current_key: st
     def draw() -> None:
         status = job_status(job_name)
         if status is not None and not status.finished:
-            st.progress(status.done / max(status.total, 1),
-                        text=f"Measuring in the background: {status.done}/{status.total}"
-                             + (f" · now {status.current}" if status.current else "")
-                             + (f" · about {status.eta_s:.0f} s left" if status.eta_s else ""))
+            _progress(status, "Measuring in the background")
         elif running:  # it finished since the last full run: let the whole page catch up
             st.rerun()
         data = api.model_rows(model, db, ["accuracy", cost])
@@ -126,5 +161,14 @@ def live_frontier(model: str, db: str, job_name: str, cost: str, current_key: st
         st.plotly_chart(fig, key=chart_key, width="stretch")
         st.caption(charts.legend_note(data["rows"], cost == "energy")
                    + (f" · {data['damaged']} damaged row(s) skipped" if data["damaged"] else ""))
+        busy_only(data["rows"])
 
     st.fragment(draw, run_every=2.0 if running else None)()
+
+
+def busy_only(rows: list[dict]) -> None:
+    """Say so when every point was measured on a busy machine (the frontier is empty, not broken)."""
+    shown = [r for r in rows if r.get("shown")]
+    if shown and not any(r["eligible"] for r in shown):
+        st.info(f"All {len(shown)} points were measured while the machine was busy, so none is compared yet. "
+                "Close other work and re-measure them (Frontier page), or let them compete there for now.")

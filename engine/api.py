@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from engine.results.sweep import Step, SweepSummary, expand_grid, run_sweep, tod
 # The small grid that seeds an empty store so the first screen already shows a frontier.
 SEED_GRID = dict(prune=[0.0, 0.5], methods=["magnitude", "structured"], bits=[None, 8, 4], precisions=["fp32", "bf16"])
 LARGE_MODEL_PARAMS = 1_000_000
+BASELINE_RETRY_S = 30.0
 
 
 @dataclass
@@ -35,6 +37,7 @@ class Measured:
     result: Result
     row_id: int
     from_store: bool
+    kept_better: bool = False  # a new measurement was made, but the store kept its better earlier one
 
 
 def worker() -> Worker:
@@ -70,6 +73,14 @@ def check_model(name: str):
     return get_spec(name)
 
 
+def load_model(name: str) -> None:
+    """Load the model now (cached for the process): a folder that cannot load is a UserError before any work."""
+    from engine.measure.run import base_model
+
+    check_model(name)
+    base_model(name)
+
+
 def recipe_from_fields(model: str, **fields: Any) -> Recipe:
     """The one way flat controls (CLI flags, dashboard widgets) become a Recipe: values, model and device checked."""
     from engine.compress.pipeline import check_device
@@ -89,8 +100,9 @@ def models() -> list[dict[str, Any]]:
     for name in model_names():
         try:
             model, spec = base_model(name)
-        except UserError as exc:
-            out.append({"name": name, "available": False, "error": str(exc)})
+        except Exception as exc:  # noqa: BLE001  (one model that cannot load here must not hide the others)
+            out.append({"name": name, "available": False, "error": str(exc) if isinstance(exc, UserError)
+                        else f"{type(exc).__name__}: {str(exc)[:200]}"})
             continue
         out.append({"name": name, "available": True, "task": spec.task, "description": spec.description,
                     "parameters": sum(p.numel() for p in model.parameters()), "metric": spec.metric,
@@ -129,22 +141,31 @@ def measure_or_load(recipe: Recipe, db: str | Path, profile: str = "quick", via:
         if hit is not None and _usable(hit[1], profile):
             return Measured(hit[1], hit[0], True)
     if via is not None:
-        _, row_id = via.measure(recipe, str(db), profile)
+        new, row_id = via.measure(recipe, str(db), profile)
     else:
-        result = measure(recipe, profile)
+        new = measure(recipe, profile)
         with Store(db) as store:
-            row_id = store.put(result)
+            row_id = store.put(new)
     with Store(db) as store:
-        return Measured(store.get_id(row_id), row_id, False)
+        stored = store.get_id(row_id)
+    return Measured(stored, row_id, False, kept_better=stored.measured_at != new.measured_at)
 
 
 def baseline_of(recipe: Recipe, db: str | Path, via: Worker | None = None) -> Measured:
-    """The uncompressed model at this recipe's batch size and device, fit to be the reference for deltas:
-    a stored baseline that was contended or noisy is measured again first."""
+    """The uncompressed model at this recipe's batch size and device, fit to be the reference for deltas.
+
+    A stored baseline measured on a busy machine is measured again first (at most once per
+    BASELINE_RETRY_S, so a machine that stays busy is not asked on every click); a noisy one is measured
+    again with the `thorough` profile (whose longer windows settle it, or show the noise is the model's own)."""
     base = measure_or_load(recipe.baseline(), db, via=via)
-    lat = base.result.latency_ms or {}
-    if base.from_store and base.result.error is None and (lat.get("contended") or lat.get("noisy")):
-        base = measure_or_load(recipe.baseline(), db, via=via, fresh=True)
+    r = base.result
+    if not base.from_store or r.error is not None:
+        return base
+    lat = r.latency_ms or {}
+    if lat.get("contended") and time.time() - (r.measured_at or 0) > BASELINE_RETRY_S:
+        return measure_or_load(recipe.baseline(), db, via=via, fresh=True)
+    if lat.get("noisy") and r.profile == "quick":
+        return measure_or_load(recipe.baseline(), db, "thorough", via=via)
     return base
 
 
@@ -172,7 +193,9 @@ def seed_grid(model: str) -> list[Recipe]:
 def missing(recipes: list[Recipe], db: str | Path, profile: str = "quick", remeasure_contended: bool = False
             ) -> list[Recipe]:
     """The recipes the store does not hold yet for this machine (at this profile)."""
-    with Store(db) as store:
+    if not Path(db).exists():
+        return list(recipes)
+    with Store(db, write=False) as store:
         return todo(recipes, store, check_profile(profile), remeasure_contended=remeasure_contended)
 
 
@@ -197,7 +220,7 @@ def start_sweep(recipes: list[Recipe], db: str | Path, via: Worker, profile: str
 
 def untrusted_recipes(model: str, db: str | Path) -> list[Recipe]:
     """Recipes of the model's rows on this machine that were measured contended or by an older engine."""
-    with Store(db) as store:
+    with Store(db, write=False) as store:
         rows, _ = store.rows(model=model, device_id=fingerprint()["id"])
     return [Recipe.from_json(r["recipe_json"]) for r in rows if r["error"] is None and not pareto.trusted(r)]
 
@@ -208,7 +231,7 @@ def model_rows(model: str, db: str | Path, objectives: str | list[str], min_accu
     """Every stored row of `model` with `shown` / `trusted` / `eligible` / `on_frontier` marks, the
     hypervolume and how many damaged rows were skipped."""
     objs = pareto.parse_objectives(objectives)
-    with Store(db) as store:
+    with Store(db, write=False) as store:
         rows, damaged = store.rows(model=model, device_id=None if all_devices else fingerprint()["id"])
     baseline = next((r["baseline_accuracy"] for r in rows if r["baseline_accuracy"] is not None), None)
     out = pareto.frontier(rows, objs, pareto.parse_min_accuracy(min_accuracy, baseline), include_untrusted)
@@ -230,24 +253,26 @@ def frontier(model: str, db: str | Path, objectives: str | list[str] = ",".join(
             "hypervolume": out["hypervolume"],
             "hypervolume_reference": "costs / uncompressed cost; accuracy 0 and 1.1 x the largest normalised cost",
             "frontier": [_public(r) for r in front], "considered": sum(r["eligible"] for r in rows),
-            "untrusted": sum(r["shown"] and not r["trusted"] for r in rows), "damaged_rows": out["damaged"],
+            "untrusted": sum(r["shown"] and not r["trusted"] for r in rows), "include_untrusted": include_untrusted,
+            "damaged_rows": out["damaged"],
             "failed": [{"id": r["id"], "label": r["label"], "error": r["error"]} for r in rows if r["error"]]}
 
 
 def results(db: str | Path, model: str | None = None) -> dict[str, Any]:
     _must_exist(db)
-    with Store(db) as store:
+    with Store(db, write=False) as store:
         rows, damaged = store.rows(model=model)
     return {"rows": [_public(r) for r in rows], "damaged_rows": damaged}
 
 
-def stored_models(db: str | Path) -> list[str]:
+def open_store(db: str | Path) -> list[str]:
+    """Create (or upgrade) the store if needed and check it is usable; the models it holds rows of."""
     with Store(db) as store:
         return store.models()
 
 
 def recipe_of_row(row_id: int, db: str | Path) -> Recipe:
-    with Store(db) as store:
+    with Store(db, write=False) as store:
         return Recipe.from_dict(store.get_id(row_id).recipe)
 
 
@@ -272,7 +297,7 @@ def export(out: str | Path, *, recipe: Recipe | None = None, row_id: int | None 
         if db is None:
             raise UserError("a row id needs the results database it is in (--db)")
         _must_exist(db)
-        with Store(db) as store:
+        with Store(db, write=False) as store:
             result = store.get_id(row_id)
             recipe = Recipe.from_dict(result.recipe)
             rows, _ = store.rows(model=recipe.model, device_id=result.device.get("id"))

@@ -180,6 +180,7 @@ def cmd_run(a: argparse.Namespace) -> dict[str, Any]:
     api.check_profile(a.profile)
     api.check_threads(a.threads)
     api.check_settings()
+    api.load_model(recipe.model)
     print(f"measuring {recipe.model}: {recipe.label()} ({a.profile})", file=sys.stderr)
     return api.measure(recipe, profile=a.profile, threads=a.threads).to_dict()
 
@@ -272,8 +273,9 @@ def print_frontier(out: dict[str, Any]) -> None:
           f"{' / '.join(names)} frontier (hypervolume {out['hypervolume']:.4g})")
     if out["min_accuracy"] is not None:
         print(f"constraint: accuracy >= {out['min_accuracy']:.4f}")
-    if out["untrusted"]:
-        print(f"{out['untrusted']} contended or outdated row(s) left out: `sweep --remeasure-contended` measures them again")
+    if out["untrusted"] and not out["include_untrusted"]:
+        print(f"{out['untrusted']} row(s) measured on a busy machine (or by an older engine) left out: "
+              "`sweep --remeasure-contended` measures them again, `--include-contended` lets them compete")
     if out["damaged_rows"]:
         print(f"{out['damaged_rows']} damaged row(s) skipped")
     _table(out["frontier"], ["id", "label", "accuracy", "latency_p50_ms", "speedup", "size_bytes",
@@ -396,6 +398,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except RecursionError:
         print("error: input nested too deeply", file=sys.stderr)
+        return EXIT_USAGE
+    except OverflowError:
+        print("error: a number in the input is too large", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:  # noqa: BLE001  (never a traceback unless asked for)
         if verbose:

@@ -76,17 +76,21 @@ def pareto_figure(rows: list[dict], x: str, y: str, current_key: str | None = No
                    for e, s, t in zip(df["energy_j"], df["energy_source"].fillna(""), df["trusted"])]
     custom = np.stack([df["id"], df["label"], df["_note"]], axis=1)
     colorbar = dict(title=axis_label(color, metric_kind)) if color and color in df else None
-    for name, mask, symbol, size in (("dominated", ~df["on_frontier"].astype(bool), "circle", 9),
-                                     ("Pareto frontier", df["on_frontier"].astype(bool), "diamond", 12)):
+    on_front = df["on_frontier"].astype(bool)
+    compared = df["eligible"].astype(bool) if "eligible" in df else pd.Series(True, index=df.index)
+    groups = (("Pareto frontier", on_front, "diamond", 12, FRONT),
+              ("dominated", compared & ~on_front, "circle", 9, DOMINATED),
+              ("busy machine: not compared", ~compared, "circle", 9, DOMINATED))
+    for name, mask, symbol, size, edge in groups:
         part = df[mask].sort_values("_x")
         if part.empty:
             continue
-        front = name != "dominated"
+        front = name == "Pareto frontier"
         marker = dict(size=size, symbol=_symbols(symbol, part, energy_plotted),
-                      color=(_col(part, color) if colorbar else (FRONT if front else DOMINATED)),
+                      color=(_col(part, color) if colorbar else edge),
                       colorscale="Viridis" if colorbar else None, colorbar=colorbar if front else None,
                       cmin=_col(df, color).min() if colorbar else None, cmax=_col(df, color).max() if colorbar else None,
-                      line=dict(width=1.5, color=FRONT if front else DOMINATED), opacity=1.0 if front else 0.8)
+                      line=dict(width=1.5, color=edge), opacity=1.0 if front else 0.8)
         fig.add_trace(go.Scatter(
             x=part["_x"], y=part["_y"], mode="lines+markers" if front and not colorbar else "markers", name=name,
             customdata=custom[df.index.get_indexer(part.index)], hovertemplate=hover, marker=marker,
@@ -113,7 +117,7 @@ def legend_note(rows: list[dict], energy_plotted: bool) -> str:
     shown = [r for r in rows if r.get("shown")]
     notes = ["diamonds joined: the frontier", "grey circles: dominated"]
     if any(not r.get("trusted", True) for r in shown):
-        notes.append("hollow: measured while the machine was busy (not on the frontier until re-measured)")
+        notes.append("hollow: measured while the machine was busy, so not compared until re-measured")
     if energy_plotted and any(str(r.get("energy_source", "")).startswith("estimated") for r in shown):
         notes.append("dot inside: energy estimated from CPU time, not measured")
     notes.append("bars: spread between timing blocks")

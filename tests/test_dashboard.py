@@ -190,13 +190,28 @@ def _bad_json(path):
     con.commit()
 
 
+def _bad_fields(path):
+    """Readable JSON, wrong inside: the kinds of damage a hand edit leaves."""
+    import json
+
+    con = sqlite3.connect(path)
+    for i, (rid, text) in enumerate(con.execute("SELECT id, result_json FROM results").fetchall()):
+        data = json.loads(text)
+        key, value = [("latency_ms", {"p50": "abc"}), ("extra_metrics", {"x": "y"}), ("accuracy", None),
+                      ("device", {"cpu_flags": [1, 2]}), ("size_bytes", "big"), ("error", 12345)][i % 6]
+        data[key] = value
+        con.execute("UPDATE results SET result_json=? WHERE id=?", (json.dumps(data), rid))
+    con.commit()
+
+
 def _non_numeric(path):
     con = sqlite3.connect(path)
     con.execute("UPDATE results SET accuracy='high', latency_p50_ms='fast' WHERE id % 2 = 0")
     con.commit()
 
 
-@pytest.mark.parametrize("damage", [_corrupt, _folder, _bad_json, _non_numeric], ids=lambda f: f.__name__[1:])
+@pytest.mark.parametrize("damage", [_corrupt, _folder, _bad_json, _bad_fields, _non_numeric],
+                         ids=lambda f: f.__name__[1:])
 @pytest.mark.parametrize("page", PAGES)
 def test_a_damaged_store_is_a_message_on_every_page(db, monkeypatch, damage, page):
     damage(db)

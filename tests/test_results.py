@@ -192,7 +192,9 @@ def test_frontier_and_results_verbs(tmp_path, capsys):
     assert main(["sweep", "--model", "digits-mlp", "--prune", "0,0.5", "--prune-method", "magnitude,structured",
                  "--bits", "none,8", "--profile", "quick", "--db", db, "--json"]) == 0
     capsys.readouterr()
-    assert main(["frontier", "--model", "digits-mlp", "--db", db, "--min-accuracy", "0.9x", "--json"]) == 0
+    # --include-contended: the assertions below must hold whatever else this machine is doing.
+    assert main(["frontier", "--model", "digits-mlp", "--db", db, "--min-accuracy", "0.9x", "--include-contended",
+                 "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["frontier"] and out["hypervolume"] > 0
     assert all(r["accuracy"] >= 0.9 * r["baseline_accuracy"] for r in out["frontier"])
@@ -204,3 +206,70 @@ def test_frontier_and_results_verbs(tmp_path, capsys):
     df = pd.read_csv(io.StringIO(capsys.readouterr().out))
     assert len(df) == 6 and {"accuracy", "latency_p50_ms", "error", "energy_source"} <= set(df.columns)
     assert main(["frontier", "--model", "digits-mlp", "--db", str(tmp_path / "none.db")]) == 2
+
+
+def test_a_database_of_another_application_is_refused_untouched(tmp_path):
+    other = tmp_path / "app.sqlite"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE users (name TEXT)")
+    con.commit()
+    con.close()
+    before = other.read_bytes()
+    for write in (True, False):
+        with pytest.raises(UserError, match="another application"):
+            Store(other, write=write)
+    assert other.read_bytes() == before  # no tables added, not even switched to WAL
+
+
+def test_a_garbled_schema_version_is_one_clear_error(tmp_path):
+    db = tmp_path / "g.db"
+    with Store(db):
+        pass
+    con = sqlite3.connect(db)
+    con.execute("UPDATE meta SET value='²' WHERE key='schema_version'")
+    con.commit()
+    with pytest.raises(UserError, match="schema version"):
+        Store(db)
+
+
+def test_a_write_protected_store_can_still_be_read(tmp_path):
+    db = tmp_path / "ro.db"
+    with Store(db) as s:
+        s.put(run_recipe(Recipe(model="digits-mlp"), profile="quick"))
+    db.chmod(0o444)
+    try:
+        with Store(db, write=False) as s:
+            rows, _ = s.rows()
+        assert len(rows) == 1
+    finally:
+        db.chmod(0o644)
+
+
+def test_a_result_that_does_not_match_its_row_is_damaged(tmp_path):
+    db = tmp_path / "m.db"
+    with Store(db) as s:
+        a = s.put(run_recipe(Recipe(model="digits-mlp"), profile="quick"))
+        b = s.put(run_recipe(Recipe(model="digits-cnn"), profile="quick"))
+    con = sqlite3.connect(db)
+    other = con.execute("SELECT result_json FROM results WHERE id=?", (b,)).fetchone()[0]
+    con.execute("UPDATE results SET result_json=? WHERE id=?", (other, a))
+    con.commit()
+    with Store(db) as s:
+        with pytest.raises(UserError, match="damaged"):
+            s.get_id(a)
+        with pytest.raises(UserError, match="positive integer"):
+            s.get_id(10 ** 30)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("latency_ms", {"p50": "abc"}), ("latency_ms", None), ("accuracy", None), ("extra_metrics", {"x": "y"}),
+    ("device", {"cpu_flags": [1, 2]}), ("size_bytes", "big"), ("error", 12345), ("accuracy", float("nan")),
+    ("kernels", [{"step": 1}]), ("recipe", {"model": "digits-mlp", "prune": None}),
+])
+def test_every_field_of_a_stored_result_is_checked(field, value):
+    from engine.core.result import Result
+
+    data = run_recipe(Recipe(model="digits-mlp"), profile="quick").to_dict()
+    data[field] = value
+    with pytest.raises((TypeError, ValueError)):
+        Result.from_dict(data)

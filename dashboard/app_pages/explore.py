@@ -36,9 +36,11 @@ worker = api.worker()
 st.caption(f"**{recipe.model}** · {recipe.label()} · recipe `{recipe.key}`")
 
 with ui.guard("Could not measure this configuration"):
-    with st.spinner(f"Measuring {recipe.label()} (in the measuring process)…"):
+    fresh = st.session_state.pop("_remeasure", None) == recipe.key  # asked on the previous run: measure first
+    with st.spinner(f"Measuring {recipe.label()} {'again ' if fresh else ''}(in the measuring process)…"):
         base = api.baseline_of(recipe, db, via=worker)
-        cur = base if recipe == recipe.baseline() else api.measure_or_load(recipe, db, via=worker)
+        cur = base if recipe == recipe.baseline() and not fresh else \
+            api.measure_or_load(recipe, db, via=worker, fresh=fresh)
 
 r = cur.result
 if r.error:
@@ -47,15 +49,17 @@ if r.error:
 else:
     ui.metric_cards(r, None if recipe == recipe.baseline() else base.result)
     left, right = st.columns([4, 1])
-    left.caption(("Read from the results store" if cur.from_store else "Measured just now")
+    left.caption(("Read from the results store" if cur.from_store else
+                  "Measured again just now, but the machine was busier than for the stored measurement, which is "
+                  "kept" if cur.kept_better else "Measured just now")
                  + f" (row #{cur.row_id}, {r.profile} profile). "
                  + ("This is the uncompressed fp32 model: the baseline for every change shown."
                     if recipe == recipe.baseline() else
                     "Changes are against the uncompressed fp32 model; the latency change is the paired speed-up."))
     if right.button("Re-measure", key="explore_remeasure",
-                    help="Measure this configuration again now (the store keeps the better of the two)."):
-        with ui.guard("Could not re-measure"), st.spinner("Measuring again…"):
-            api.measure_or_load(recipe, db, via=worker, fresh=True)
+                    help="Measure this configuration again now (the store keeps the better of the two: a "
+                         "measurement on a busy machine never replaces a quiet one)."):
+        st.session_state["_remeasure"] = recipe.key
         st.rerun()
     if r.contended:
         st.info("Measured while the machine was busy: the absolute times are not those of a quiet machine, so this "

@@ -17,7 +17,7 @@ st.write(f"**{recipe.model}** · {recipe.label()} · recipe `{recipe.key}`")
 left, right = st.columns([3, 2])
 with left:
     text = json.dumps(recipe.to_dict(), indent=2, sort_keys=True)
-    st.code(text, language="json")
+    st.code(text, language="json", wrap_lines=True)
     st.download_button("Download recipe.json", text.encode(), f"{recipe.model}-{recipe.key}.recipe.json",
                        "application/json", key="exp_recipe")
 with right:
@@ -26,9 +26,10 @@ with right:
 ONNX Runtime on the evaluation data), PyTorch weights as safetensors, the compressed storage file that
 the size figure counts, a model card and a self-contained HTML report.
 
-Re-apply it from the command line or in CI:
+Unzip it, then check every file and re-create the model from the command line or in CI:
 """)
-    st.code("python -m engine apply --recipe recipe.json", language="bash")
+    st.code(f"unzip {recipe.model}-{recipe.key}.zip\npython -m engine apply --recipe {recipe.model}-{recipe.key}/",
+            language="bash", wrap_lines=True)
     if st.button("Build bundle", type="primary", key="exp_build"):
         with ui.guard("Could not build the bundle"), \
                 st.spinner("Exporting to ONNX and verifying it in ONNX Runtime…"):
@@ -46,5 +47,10 @@ Re-apply it from the command line or in CI:
                    f"({summary['compression_ratio']:.1f}x smaller than fp32).")
         for w in summary["warnings"]:
             st.warning(w)
+        caveats = summary["caveats"]
+        if caveats:
+            with st.expander(f"Caveats recorded with it ({len(caveats)})"):
+                for w in caveats:
+                    st.markdown(f"- {w}")
         st.download_button("Download bundle (.zip)", data, f"{recipe.model}-{recipe.key}.zip", "application/zip",
                            key="exp_zip")

@@ -46,14 +46,13 @@ if untrusted:
     if right.button("Re-measure them", key="front_remeasure"):
         with ui.guard("Could not start re-measuring"):
             ui.start_background(f"remeasure-{model}", api.untrusted_recipes(model, db), db, remeasure=True)
-status = ui.job_status(f"remeasure-{model}")
-if status is not None and not status.finished:
-    st.progress(status.done / max(status.total, 1), text=f"Re-measuring: {status.done}/{status.total}")
+ui.job_progress(f"remeasure-{model}", "Re-measuring")
 
 fig = charts.pareto_figure(rows, x=OBJECTIVES[x_obj][0], y=OBJECTIVES[y_obj][0],
                            color=OBJECTIVES[third][0] if third != "none" else None,
                            current_key=st.session_state.get("explore_key"), metric_kind=metric_kind)
 event = st.plotly_chart(fig, key="frontier_chart", on_select="rerun", selection_mode="points", width="stretch")
+ui.busy_only(rows)
 n_front = sum(r["on_frontier"] for r in rows)
 st.caption(f"{n_front} of {sum(r['eligible'] for r in rows)} configurations on the frontier. "
            + charts.legend_note(rows, "energy" in objectives)

@@ -23,15 +23,17 @@ bits = c[0].multiselect("Bit widths", state.BIT_OPTIONS, default=["none", 8, 4],
 precisions = c[1].multiselect("Precisions", ["fp32", "fp16", "bf16"], default=["fp32", "bf16"], key="sw_prec")
 profile = st.radio("Measurement profile", ["quick", "thorough"], horizontal=True, key="sw_profile",
                    help="quick: interactive timing (~0.5 s a point); thorough: longer windows, steadier numbers.")
+remeasure = st.checkbox("Also measure again the points measured on a busy machine", key="sw_remeasure")
 
 with ui.guard("This grid cannot run"):
     recipes, skipped = api.sweep_grid(model, prune=amounts or [0.0], methods=methods or ["magnitude"],
                                       bits=[None if b == "none" else int(b) for b in bits] or [None],
                                       precisions=precisions or ["fp32"])
-    todo = api.missing(recipes, db, profile)
+    todo = api.missing(recipes, db, profile, remeasure_contended=remeasure)
 status = ui.job_status(f"sweep-{model}")
 running = status is not None and not status.finished
-st.write(f"**{len(recipes)}** configurations in this grid, **{len(todo)}** not measured yet at this profile.")
+st.write(f"**{len(recipes)}** configurations in this grid, **{len(todo)}** "
+         + ("to measure (new, or measured on a busy machine)." if remeasure else "not measured yet at this profile."))
 if skipped:
     with st.expander(f"Skipped combinations ({len(skipped)})"):
         for msg in skipped:
@@ -40,7 +42,7 @@ if skipped:
 b1, b2 = st.columns(2)
 if b1.button("Run sweep", type="primary", disabled=not todo or running, key="sw_run"):
     with ui.guard("Could not start the sweep"):
-        ui.start_background(f"sweep-{model}", recipes, db, profile)
+        ui.start_background(f"sweep-{model}", recipes, db, profile, remeasure)
     st.rerun()
 if b2.button("Stop", key="sw_stop", disabled=not running,
              help="Stops after the configuration being measured; rows so far are kept."):
@@ -50,9 +52,11 @@ if b2.button("Stop", key="sw_stop", disabled=not running,
 
 if status is not None and status.finished:
     what = "stopped" if status.stopped else "finished"
-    msg = (f"Sweep {what}: {status.measured} measured ({status.failed} failed, {status.contended} on a busy machine), "
-           f"{status.done} of {status.total} done.")
-    st.error(ui.plain(status.error)) if status.error else st.success(msg)
+    if status.error:
+        st.error(f"Sweep {what}: {ui.plain(status.error)}")
+    else:
+        st.success(f"Sweep {what}: {status.measured} measured ({status.failed} failed, {status.contended} on a busy "
+                   f"machine); {status.done} of {status.total} configurations are in the store.")
     st.session_state.pop("_sweep_stop_asked", None)
 elif running and st.session_state.get("_sweep_stop_asked"):
     st.info("Stopping after the configuration being measured…")

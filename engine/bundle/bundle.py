@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import stat
@@ -30,17 +31,17 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from engine import __version__
-from engine.bundle.onnx import check_self_contained, export_onnx, onnx_accuracy
+from engine.bundle.onnx import check_self_contained, export_onnx, onnx_accuracy, onnx_feed, onnx_session
 from engine.bundle.report import README, report_html
 from engine.compress import codec
 from engine.compress.pipeline import Applied, apply
-from engine.compress.precision import DTYPES
+from engine.compress.precision import DTYPES, cast_inputs
 from engine.compress.quantize import select_kernels
 from engine.core.errors import RecipeError, UserError, VerificationError
 from engine.core.recipe import Recipe, parse_json
-from engine.core.result import Result
+from engine.core.result import Result, strict
 from engine.measure.fingerprint import fingerprint
-from engine.measure.run import base_model, evaluate
+from engine.measure.run import base_model, reference
 from engine.models import get_spec
 
 BUNDLE_FORMAT = 2
@@ -50,6 +51,8 @@ ACCURACY_TOLERANCE = 0.02  # |ONNX Runtime accuracy - PyTorch accuracy| above th
 # Re-evaluating the same file on the same data must give the recorded figure; the margin allows another
 # CPU's int8/sparse kernels to round differently (one flipped digit of 450 is 0.0022), not a changed model.
 REPEAT_TOLERANCE = 0.005
+ONNX_AGREEMENT = 0.02  # relative output difference, ONNX Runtime vs PyTorch (fp16/bf16 here: <= 0.003)
+ONNX_AGREEMENT_INT8 = 0.3
 MAX_RECORD_BYTES = 5_000_000
 
 
@@ -85,14 +88,16 @@ def is_bundle(folder: Path) -> bool:
         if record.is_symlink() or not record.is_file() or record.stat().st_size > MAX_RECORD_BYTES:
             return False
         data = json.loads(record.read_text(encoding="utf-8"))
-        return isinstance(data, dict) and isinstance(data.get("bundle"), dict)
+        marker = data.get("bundle") if isinstance(data, dict) else None
+        return (isinstance(marker, dict) and marker.get("format") == BUNDLE_FORMAT
+                and isinstance(marker.get("files"), dict) and set(marker["files"]) == set(FILES))
     except (OSError, ValueError, RecursionError):
         return False
 
 
 def check_out(out: str | Path, force: bool) -> Path:
-    """Where a new bundle may go; raises UserError (and touches nothing) otherwise."""
-    out = Path(out)
+    """Where a new bundle may go; raises UserError (and touches nothing, not even a parent folder) otherwise."""
+    out = Path(out).expanduser()
     resolved = out.resolve()
     if _protected(resolved):
         raise UserError(f"--out {out} is the root, the home folder, the current folder or one of its parents: "
@@ -107,19 +112,16 @@ def check_out(out: str | Path, force: bool) -> Path:
         if not is_bundle(out):
             raise UserError(f"{out} is not a bundle written by this tool (it has no bundle record): "
                             "refusing to replace it")
-        extra = sorted(p.name for p in out.iterdir() if p.name not in FILES + (RECORD,))
+        extra = sorted(p.name for p in out.iterdir()
+                       if p.name not in FILES + (RECORD,) or p.is_symlink() or not p.is_file())
         if extra:
-            raise UserError(f"{out} holds files that are not part of the bundle ({', '.join(extra[:5])}): "
+            raise UserError(f"{out} holds things that are not part of the bundle ({', '.join(extra[:5])}): "
                             "refusing to replace it")
-    parent = resolved.parent
-    if parent.exists() and not parent.is_dir():
-        raise UserError(f"{out.parent} is a file, so {out.name} cannot be created in it")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create {out.parent}: {exc.strerror or exc}") from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"{out.parent} is not writable")
+    existing = next(p for p in (resolved.parent, *resolved.parent.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"{existing} is a file, so {out.name} cannot be created in it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{existing} is not writable")
     return out
 
 
@@ -134,6 +136,7 @@ def write_bundle(recipe: Recipe, out: str | Path, result: Result, rows: list[dic
     spec = get_spec(recipe.model)
     applied = stored_form(recipe)
     try:
+        out.resolve().parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.resolve().parent))
     except OSError as exc:
         raise UserError(f"cannot write in {out.parent}: {exc.strerror or exc}") from None
@@ -162,7 +165,7 @@ def write_bundle(recipe: Recipe, out: str | Path, result: Result, rows: list[dic
                              "tolerance": ACCURACY_TOLERANCE, "onnxruntime": onnxruntime.__version__,
                              "warnings": vwarn},
         }
-        (tmp / "model_card.json").write_text(json.dumps(card, indent=2, default=str) + "\n")
+        (tmp / "model_card.json").write_text(json.dumps(strict(card), indent=2, allow_nan=False) + "\n")
         (tmp / "report.html").write_text(report_html(recipe, result, card, rows), encoding="utf-8")
         (tmp / "README.md").write_text(README.format(
             model=recipe.model, label=recipe.label(), version=__version__, key=recipe.key,
@@ -174,7 +177,7 @@ def write_bundle(recipe: Recipe, out: str | Path, result: Result, rows: list[dic
                   "engine_version": __version__, "device": result.device or fingerprint(),
                   "weights_sha256": hashlib.sha256(blob).hexdigest(), "metrics": result.to_dict(),
                   "verification": card["verification"]}
-        (tmp / RECORD).write_text(json.dumps(record, indent=2, default=str) + "\n")
+        (tmp / RECORD).write_text(json.dumps(strict(record), indent=2, allow_nan=False) + "\n")
         tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
         for f in tmp.iterdir():
             f.chmod(0o644)
@@ -186,7 +189,7 @@ def write_bundle(recipe: Recipe, out: str | Path, result: Result, rows: list[dic
             "metric_kind": result.metric_kind, "accuracy": result.accuracy, "onnx_accuracy": onnx_acc, "gap": gap,
             "size_bytes": len(blob), "fp32_bytes": fp32_bytes, "compression_ratio": ratio, "warnings": vwarn,
             "speedup": result.speedup, "latency_ms": result.latency_ms, "energy_j": result.energy_j,
-            "energy_source": result.energy_source}
+            "energy_source": result.energy_source, "caveats": list(result.warnings)}
 
 
 def _replace(tmp: Path, out: Path) -> None:
@@ -225,6 +228,9 @@ def read_record(path: str | Path) -> tuple[Recipe, dict[str, Any] | None, Path |
         raise UserError(f"no recipe file at {p}")
     if p.stat().st_size > MAX_RECORD_BYTES:
         raise RecipeError(f"{p} is too large to be a recipe file")
+    with open(p, "rb") as fh:
+        if fh.read(4) == b"PK\x03\x04":
+            raise UserError(f"{p} is a zip archive: unzip it and give the bundle folder (or its recipe.json)")
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -245,10 +251,18 @@ def read_record(path: str | Path) -> tuple[Recipe, dict[str, Any] | None, Path |
 
 
 def verify(folder: Path, recipe: Recipe, record: dict[str, Any]) -> dict[str, Any]:
-    """Every check of a bundle; the first failing file is named in `error` (the CLI exits 1)."""
+    """Every check of a bundle; the first failing file is named in `error` (the CLI exits 1).
+
+    Checked: each file's SHA-256 against the record; the record against itself (recipe, key, metrics);
+    compressed.bin and model.safetensors against the weights the recipe re-creates, tensor by tensor; the
+    PyTorch and ONNX models re-evaluated against the recorded metrics; the ONNX model's outputs against the
+    re-created model's; the model card and README against the record. Not re-derived: latency, speed-up,
+    memory and energy (measured on the recording machine) and the HTML report (checked by hash only)."""
     checks: list[dict[str, Any]] = []
     out = {"bundle": str(folder), "recipe": recipe.to_dict(), "recipe_key": recipe.key, "checks": checks,
-           "accuracy": None, "onnx_accuracy": None, "error": None}
+           "accuracy": None, "onnx_accuracy": None, "error": None,
+           "not_rederived": "latency, speed-up, memory and energy (measured on the recording machine); report.html "
+                            "(checked by hash only)"}
 
     def check(file: str, what: str, fn) -> Any:
         try:
@@ -264,34 +278,43 @@ def verify(folder: Path, recipe: Recipe, record: dict[str, Any]) -> dict[str, An
     if not isinstance(files, dict) or set(files) != set(FILES):
         raise VerificationError(f"{RECORD}: lists no file hashes (written by an older engine, or edited): "
                                 "re-export the configuration")
+    extra = sorted(p.name for p in folder.iterdir() if p.name not in FILES + (RECORD,))
+    if extra:
+        check(extra[0], "part of the bundle", lambda: _fail(f"{extra[0]}: is not part of the bundle (a bundle holds "
+                                                              f"only {', '.join(FILES + (RECORD,))})"))
     hashed = {f: check(f, "sha256", lambda f=f: _hash_ok(folder / f, f, files[f])) for f in FILES}
+    metrics = check(RECORD, "the record agrees with itself", lambda: _record_ok(record, recipe))
     applied = stored_form(recipe)
     spec = get_spec(recipe.model)
-    if hashed["compressed.bin"]:
+    if hashed["compressed.bin"] and metrics:
         check("compressed.bin", "equals the recipe's compressed weights",
-              lambda: _same_bytes(folder / "compressed.bin", encoded(applied, recipe), record))
-    if hashed["model.safetensors"]:
-        model = check("model.safetensors", "equals the recipe's weights",
-                      lambda: _load_weights(folder, recipe, applied))
+              lambda: _same_bytes(folder / "compressed.bin", encoded(applied, recipe), record, metrics, applied))
+    torch_out = None
+    if hashed["model.safetensors"] and metrics:
+        model = check("model.safetensors", "equals the recipe's weights", lambda: _load_weights(folder, recipe, applied))
         if model is not None:
-            acc = out["accuracy"] = _evaluate(model, recipe, spec)
+            torch_out = _outputs(model, recipe, spec)
+            acc = out["accuracy"] = _score(torch_out, spec)
             check("model.safetensors", "re-evaluated accuracy matches the record",
-                  lambda: _close(acc, (record.get("metrics") or {}).get("accuracy"), "model.safetensors"))
-    if hashed["model.onnx"]:
-        def onnx_check() -> float:
-            check_self_contained(folder / "model.onnx")
-            try:
-                return onnx_accuracy(folder / "model.onnx", spec)
-            except Exception as exc:  # noqa: BLE001  (ONNX Runtime raises its own types on bad graphs)
-                raise VerificationError(f"model.onnx: does not run in ONNX Runtime: {str(exc)[:160]}") from None
-
-        acc = out["onnx_accuracy"] = check("model.onnx", "runs in ONNX Runtime", onnx_check)
-        if acc is not None:
+                  lambda: _close(acc, metrics.get("accuracy"), "model.safetensors"))
+    if hashed["model.onnx"] and metrics:
+        onnx_out = check("model.onnx", "runs in ONNX Runtime", lambda: _onnx_outputs(folder / "model.onnx", spec))
+        if onnx_out is not None:
+            acc = out["onnx_accuracy"] = _score(onnx_out, spec)
             check("model.onnx", "re-evaluated accuracy matches the record",
-                  lambda: _close(acc, (record.get("verification") or {}).get("onnx_accuracy"), "model.onnx"))
-    out["unverified_files"] = sorted(p.name for p in folder.iterdir() if p.name not in FILES + (RECORD,))
+                  lambda: _close(acc, record["verification"].get("onnx_accuracy"), "model.onnx"))
+            if torch_out is not None:
+                check("model.onnx", "computes what the recipe's model computes",
+                      lambda: _agree(onnx_out, torch_out, recipe, acc, out["accuracy"]))
+    if hashed["model_card.json"] and hashed["README.md"] and metrics:
+        check("model_card.json", "agrees with the record",
+              lambda: _documents_ok(folder, record, recipe, spec, metrics))
     out["identical_weights"] = all(c["ok"] for c in checks if "weights" in c["check"] or c["check"] == "sha256")
     return out
+
+
+def _fail(message: str) -> None:
+    raise VerificationError(message)
 
 
 def _hash_ok(path: Path, name: str, expected: Any) -> bool:
@@ -301,15 +324,36 @@ def _hash_ok(path: Path, name: str, expected: Any) -> bool:
     return True
 
 
-def _same_bytes(path: Path, expected: bytes, record: dict[str, Any]) -> None:
+def _record_ok(record: dict[str, Any], recipe: Recipe) -> dict[str, Any]:
+    """The record's parts describe one configuration: the recipe, its key, and metrics measured for it."""
+    metrics = record.get("metrics")
+    if recipe.device != "cpu":
+        raise VerificationError(f"{RECORD}: a bundle's recipe runs on cpu, this one says {recipe.device} (edited)")
+    if record.get("recipe_key") != recipe.key or record.get("model") != recipe.model \
+            or record.get("recipe") != recipe.to_dict():
+        raise VerificationError(f"{RECORD}: its recipe, recipe_key and model do not agree (edited)")
+    try:
+        result = Result.from_dict(metrics)
+    except (TypeError, ValueError, UserError) as exc:
+        raise VerificationError(f"{RECORD}: its metrics are not a valid measurement ({str(exc)[:100]})") from None
+    if Recipe.from_dict(result.recipe).with_(device="cpu") != recipe or result.error is not None:
+        raise VerificationError(f"{RECORD}: its metrics were measured for another configuration (edited)")
+    ver = record.get("verification")
+    if not isinstance(ver, dict) or ver.get("torch_accuracy") != result.accuracy:
+        raise VerificationError(f"{RECORD}: its verification block does not match its metrics (edited)")
+    return metrics
+
+
+def _same_bytes(path: Path, expected: bytes, record: dict[str, Any], metrics: dict[str, Any], applied: Applied) -> None:
     if path.read_bytes() != expected or hashlib.sha256(expected).hexdigest() != record.get("weights_sha256"):
         raise VerificationError("compressed.bin: does not hold the weights the recipe re-creates")
     try:
         codec.decode(expected)
     except codec.CodecError as exc:
         raise VerificationError(f"compressed.bin: {exc}") from None
-
-
+    if metrics.get("size_bytes") != len(expected) or metrics.get("params_total") != applied.params_total \
+            or metrics.get("params_nonzero") != applied.params_nonzero:
+        raise VerificationError(f"{RECORD}: its size or parameter counts are not those of the re-created model")
 def _load_weights(folder: Path, recipe: Recipe, applied: Applied) -> nn.Module:
     try:
         state = load_file(str(folder / "model.safetensors"))
@@ -324,14 +368,77 @@ def _load_weights(folder: Path, recipe: Recipe, applied: Applied) -> nn.Module:
 
 
 def _evaluate(model: nn.Module, recipe: Recipe, spec) -> float:
+    return _score(_outputs(model, recipe, spec), spec)
+
+
+def _outputs(model: nn.Module, recipe: Recipe, spec) -> torch.Tensor:
+    """The model's outputs on the evaluation data, run with the kernels it was measured with."""
     if recipe.quantize.bits is not None:
         select_kernels(model, recipe.quantize, "cpu")
-    return evaluate(Applied(model=model), recipe.with_(device="cpu"), spec)["accuracy"]
+    with torch.inference_mode():
+        return torch.cat([spec.forward(model, cast_inputs(x, recipe.precision, "cpu"))
+                          for x in spec.eval_inputs()]).float()
+
+
+def _score(outputs: torch.Tensor, spec) -> float:
+    return spec.score(outputs, reference(spec.name)[0])["accuracy"]
+
+
+def _onnx_outputs(path: Path, spec) -> torch.Tensor:
+    check_self_contained(path)
+    try:
+        session = onnx_session(path)
+        return torch.cat([torch.from_numpy(session.run(None, onnx_feed(session, x))[0])
+                          for x in spec.eval_inputs()]).float()
+    except Exception as exc:  # noqa: BLE001  (ONNX Runtime raises its own types on bad graphs)
+        raise VerificationError(f"model.onnx: does not run in ONNX Runtime: {str(exc)[:160]}") from None
+
+
+def _agree(onnx_out: torch.Tensor, torch_out: torch.Tensor, recipe: Recipe, onnx_acc: float, torch_acc: float | None
+           ) -> None:
+    """ONNX Runtime computes the same model: outputs within a relative difference (looser for int8, whose
+    activations ONNX Runtime quantizes its own way: 0.06 for digits-mlp, 0.24 for MiniLM here) and accuracy
+    within the export tolerance."""
+    limit = ONNX_AGREEMENT_INT8 if recipe.quantize.bits == 8 else ONNX_AGREEMENT
+    diff = float((onnx_out - torch_out).norm() / torch_out.norm().clamp(min=1e-12))
+    if onnx_out.shape != torch_out.shape or not diff <= limit or abs(onnx_acc - (torch_acc or 0)) > ACCURACY_TOLERANCE:
+        raise VerificationError(f"model.onnx: does not compute what the recipe's model computes (relative "
+                                f"difference {diff:.3f}, limit {limit}; accuracy {onnx_acc:.4f} vs {torch_acc:.4f})")
+
+
+def _documents_ok(folder: Path, record: dict[str, Any], recipe: Recipe, spec, metrics: dict[str, Any]) -> None:
+    """The model card and README say what the record says (the README is re-written and compared)."""
+    try:
+        card = json.loads((folder / "model_card.json").read_text(encoding="utf-8"))
+        readme = (folder / "README.md").read_text(encoding="utf-8")
+        size = (folder / "compressed.bin").stat().st_size
+        same = (isinstance(card, dict) and card.get("recipe_key") == recipe.key and card.get("model") == recipe.model
+                and card.get("metric") == spec.metric and card.get("metric_kind") == spec.metric_kind
+                and card.get("verification") == record["verification"]
+                and card.get("storage", {}).get("bytes") == size
+                and card.get("storage", {}).get("fp32_bytes") == metrics.get("baseline_size_bytes"))
+        if same:
+            expected = README.format(
+                model=recipe.model, label=recipe.label(), version=record.get("engine_version"), key=recipe.key,
+                inputs=", ".join(f"{i['name']} {i['dtype']} {i['shape']}" for i in card["onnx"]["inputs"]),
+                preprocessing=spec.preprocessing, size=size, fp32=card["storage"]["fp32_bytes"],
+                ratio=card["storage"]["compression_ratio"], name=spec.metric_kind,
+                onnx_acc=record["verification"]["onnx_accuracy"], torch_acc=metrics["accuracy"])
+            same = readme == expected
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
+        same = False
+    if not same:
+        raise VerificationError("model_card.json or README.md: does not say what the record says (edited)")
 
 
 def _close(value: float, recorded: Any, name: str) -> None:
-    if not isinstance(recorded, (int, float)) or isinstance(recorded, bool) or abs(value - recorded) > REPEAT_TOLERANCE:
-        raise VerificationError(f"{name}: re-evaluated to {value:.4f}, but {RECORD} records {recorded!r:.20}")
+    ok = isinstance(recorded, (int, float)) and not isinstance(recorded, bool)
+    try:
+        ok = ok and math.isfinite(recorded) and abs(value - recorded) <= REPEAT_TOLERANCE
+    except OverflowError:
+        ok = False
+    if not ok:
+        raise VerificationError(f"{name}: re-evaluated to {value:.4f}, but {RECORD} records {str(recorded)[:20]}")
 
 
 def reapply(recipe: Recipe) -> dict[str, Any]:

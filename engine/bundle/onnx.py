@@ -108,9 +108,22 @@ def check_self_contained(path: Path) -> None:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001  (protobuf raises several types on garbage)
         raise VerificationError(f"{path.name} is not a valid ONNX model: {str(exc)[:160]}") from None
-    tensors = list(proto.graph.initializer) + [a.t for n in proto.graph.node for a in n.attribute if a.HasField("t")]
-    if any(uses_external_data(t) for t in tensors):
+    if any(uses_external_data(t) for t in _tensors(proto.graph)):
         raise VerificationError(f"{path.name} refers to weights in other files: refused (a bundle is self-contained)")
+
+
+def _tensors(graph) -> Iterator:
+    """Every tensor of a graph, its subgraphs' (If/Loop/Scan bodies) included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            if a.HasField("g"):
+                yield from _tensors(a.g)
+            for g in a.graphs:
+                yield from _tensors(g)
 
 
 def onnx_session(path: Path, threads: int | None = None):

@@ -52,9 +52,9 @@ class Prune:
         _choice("prune.method", self.method, PRUNE_METHODS)
         _choice("prune.scope", self.scope, PRUNE_SCOPES)
         if isinstance(self.amount, bool) or not isinstance(self.amount, (int, float)):
-            raise RecipeError(f"prune.amount={self.amount!r} is not a number: allowed 0 to {MAX_PRUNE}")
-        if not 0.0 <= float(self.amount) <= MAX_PRUNE:
-            raise RecipeError(f"prune.amount={self.amount!r} is out of range: allowed 0 to {MAX_PRUNE}")
+            raise RecipeError(f"prune.amount={self.amount!r:.40} is not a number: allowed 0 to {MAX_PRUNE}")
+        if not 0.0 <= self.amount <= MAX_PRUNE:  # compared before float(): a 400-digit integer must not overflow
+            raise RecipeError(f"prune.amount={self.amount!r:.40} is out of range: allowed 0 to {MAX_PRUNE}")
         _set(self, "amount", round(float(self.amount), 4))
         if isinstance(self.finetune_epochs, bool) or not isinstance(self.finetune_epochs, int) \
                 or not 0 <= self.finetune_epochs <= MAX_FINETUNE:
@@ -142,7 +142,7 @@ class Recipe:
             raise RecipeError(f"a recipe must be a JSON object, got {type(data).__name__}")
         data = dict(data)
         version = data.pop("recipe_version", RECIPE_VERSION)
-        if version != RECIPE_VERSION:
+        if type(version) is not int or version != RECIPE_VERSION:  # true and 1.0 equal 1 in Python; not here
             raise RecipeError(f"recipe_version={version!r} is not supported: this engine reads version {RECIPE_VERSION}")
         if "model" not in data:
             raise RecipeError("recipe has no 'model' field")
@@ -161,6 +161,15 @@ class Recipe:
 
         A zero amount means no pruning whatever the method; `scheme=None` picks the fastest real path."""
         amount = prune
+        # Every given value is checked, also those the canonical form then drops (a method at amount 0,
+        # a scheme without bits): a typo is refused, never silently ignored.
+        _choice("prune.method", prune_method, PRUNE_METHODS)
+        _choice("prune.scope", prune_scope, PRUNE_SCOPES)
+        Prune("magnitude", 0.5, prune_scope, finetune_epochs)
+        if scheme is not None:
+            _choice("quantize.scheme", scheme, SCHEMES)
+        Quantize(8, "weight-only", granularity, group_size)
+        Quantize(8, "weight-only", "per-group", group_size)
         return cls(model=model,
                    prune=Prune(prune_method if amount else "none", amount, prune_scope,
                                finetune_epochs if amount else 0),

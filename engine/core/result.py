@@ -60,6 +60,7 @@ class Result:
     profile: str = "quick"
     threads: int | None = None
     engine_version: str = __version__
+    measured_at: float | None = None  # seconds since the epoch
     wall_s: float | None = None
     error: str | None = None
 
@@ -79,23 +80,71 @@ class Result:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Result":
-        """Rebuild from stored JSON; raises ValueError/TypeError on a damaged record."""
+        """Rebuild from stored JSON. Every field's type is checked (a damaged or hand-edited record raises
+        ValueError/TypeError here rather than deep inside a page or an export)."""
         if not isinstance(data, dict):
             raise TypeError(f"a result must be an object, not {type(data).__name__}")
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        for name in ("recipe", "extra_metrics", "device"):
-            if name in known and not isinstance(known[name], dict):
-                raise TypeError(f"result field {name} must be an object")
-        if not isinstance(known.get("kernels", []), list) or not isinstance(known.get("warnings", []), list):
-            raise TypeError("result fields kernels and warnings must be lists")
-        if known.get("latency_ms") is not None and not isinstance(known["latency_ms"], dict):
-            raise TypeError("result field latency_ms must be an object")
-        for name in ("accuracy", "baseline_accuracy", "speedup", "energy_j"):
-            v = known.get(name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                raise TypeError(f"result field {name} must be a number")
-        known["kernels"] = [Kernel.from_dict(k) for k in known.get("kernels", []) if isinstance(k, dict)]
+        _check(known)
+        known["kernels"] = [Kernel.from_dict(k) for k in known.get("kernels", [])]
         return cls(**known)
+
+
+_NUMBERS = ("accuracy", "baseline_accuracy", "speedup", "speedup_spread", "energy_j", "wall_s", "measured_at")
+_INTEGERS = ("params_total", "params_nonzero", "param_bytes", "size_bytes", "baseline_size_bytes",
+             "peak_memory_bytes", "threads")
+_TEXTS = ("model", "metric", "metric_kind", "memory_source", "energy_source", "energy_note", "profile",
+          "engine_version", "error")
+
+
+def _number(value: Any, name: str, integer: bool = False) -> None:
+    if value is None:
+        return
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+        raise TypeError(f"result field {name} must be a finite {'integer' if integer else 'number'}")
+
+
+def _check(r: dict[str, Any]) -> None:
+    from engine.core.recipe import Recipe
+
+    for name in _NUMBERS:
+        _number(r.get(name), name)
+    for name in _INTEGERS:
+        _number(r.get(name), name, integer=True)
+    for name in _TEXTS:
+        if r.get(name) is not None and not isinstance(r[name], str):
+            raise TypeError(f"result field {name} must be text")
+    if not isinstance(r.get("model"), str):
+        raise TypeError("result has no model")
+    Recipe.from_dict(r.get("recipe"))  # RecipeError is a ValueError
+    if r["recipe"].get("model") != r["model"]:
+        raise ValueError("result's recipe is for another model")
+    for name in ("extra_metrics", "device"):
+        if not isinstance(r.get(name, {}), dict):
+            raise TypeError(f"result field {name} must be an object")
+    for k, v in r.get("extra_metrics", {}).items():
+        _number(v, f"extra_metrics.{k}")
+    flags = r.get("device", {}).get("cpu_flags", [])
+    if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+        raise TypeError("result field device.cpu_flags must be a list of text")
+    lat = r.get("latency_ms")
+    if lat is not None:
+        if not isinstance(lat, dict):
+            raise TypeError("result field latency_ms must be an object")
+        for k, v in lat.items():
+            if not isinstance(v, (bool, str)) and v is not None:
+                _number(v, f"latency_ms.{k}")
+        if r.get("error") is None and not isinstance(lat.get("p50"), (int, float)):
+            raise TypeError("result field latency_ms.p50 must be a number")
+    if not isinstance(r.get("warnings", []), list) or not all(isinstance(w, str) for w in r.get("warnings", [])):
+        raise TypeError("result field warnings must be a list of text")
+    kernels = r.get("kernels", [])
+    if not isinstance(kernels, list) or not all(isinstance(k, dict) and isinstance(k.get("step"), str)
+                                                and isinstance(k.get("kernel"), str) for k in kernels):
+        raise TypeError("result field kernels must be a list of {step, kernel} objects")
+    if r.get("error") is None and (not isinstance(r.get("accuracy"), (int, float)) or lat is None):
+        raise TypeError("a result that ran must have an accuracy and a latency")
 
 
 def strict(value: Any) -> Any:

@@ -99,7 +99,7 @@ def run_recipe(recipe: Recipe, profile: str = "quick", threads: int | None = Non
     requested = check_threads(threads)
     watts_per_core()  # a bad override is refused before any work
     result = Result(model=recipe.model, recipe=recipe.to_dict(), metric=spec.metric, metric_kind=spec.metric_kind,
-                    device=fingerprint(), profile=profile, threads=requested)
+                    device=fingerprint(), profile=profile, threads=requested, measured_at=time.time())
     start = time.perf_counter()
     with _LOCK:
         previous = torch.get_num_threads()

@@ -130,7 +130,8 @@ def _serve(conn: Connection) -> None:
             continue
         job = next(iter(jobs.values()))
         if job.stop or (not job.pending and not job.next_pass()):
-            send({"job": job.id, "finished": True, "stopped": job.stop and bool(job.pending), "done": job.done})
+            send({"job": job.id, "finished": True, "stopped": job.stop and bool(job.pending), "done": job.done,
+                  "total": job.total})
             del jobs[job.id]
             continue
         recipe = job.pending.pop(0)
@@ -296,13 +297,14 @@ class Worker:
             self._jobs[job] = replace(st, current=Recipe.from_dict(msg["current"]).label())
         elif msg.get("finished"):
             self._jobs[job] = replace(st, finished=True, stopped=bool(msg.get("stopped")), error=msg.get("error"),
-                                      current=None, done=msg.get("done", st.done))
+                                      current=None, done=msg.get("done", st.done), total=msg.get("total", st.total))
             self._job_requests.pop(job, None)
             self._job_current.pop(job, None)
         else:
             self._job_current[job] = None
-            self._jobs[job] = replace(st, done=msg["done"], measured=st.measured + 1, failed=st.failed + msg["failed"],
-                                      contended=st.contended + msg["contended"], eta_s=msg["eta_s"])
+            self._jobs[job] = replace(st, done=msg["done"], total=msg["total"], measured=st.measured + 1,
+                                      failed=st.failed + msg["failed"], contended=st.contended + msg["contended"],
+                                      eta_s=msg["eta_s"])
 
     def _on_death(self, conn: Connection, proc: subprocess.Popen) -> None:
         """Record what was being measured as failed, answer waiting callers, resume background jobs."""

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from engine.models import hf
+from engine.models.hf import load_model, load_tokenizer
 from engine.models.registry import ModelSpec, register_model
 
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_models"
@@ -64,7 +64,7 @@ def minilm() -> ModelSpec:
     from sample_models import minilm as m
 
     source = m.model_source()
-    tokenizer = hf.load_tokenizer(source)  # checked folder, no remote code
+    tokenizer = load_tokenizer(source)  # checked folder, no remote code
     sents = m.sentences()
 
     def encode(texts: list[str]) -> dict[str, torch.Tensor]:
@@ -90,7 +90,7 @@ def minilm() -> ModelSpec:
                f"(override with ${m.SOURCE_ENV}=<folder, or a hub id where the network is allowed>)",
         metric=f"fidelity: mean cosine similarity to the fp32 model's embeddings on {len(sents)} fixed sentences",
         metric_kind="fidelity",
-        build=lambda: hf.load_model(source),
+        build=lambda: load_model(source),
         example_inputs=lambda batch: encode([sents[i % len(sents)] for i in range(batch)]),
         eval_inputs=lambda: [encode(sents)],
         score=score, forward=m.embed, never_prune=("pooler",), structured_setup=_minilm_structured,

@@ -33,7 +33,9 @@ def _check_folder(folder: Path) -> None:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (ValueError, RecursionError) as exc:
             raise UserError(f"{path} is not valid JSON: {str(exc)[:120]}") from None
-        if isinstance(data, dict) and "auto_map" in data:
+        if not isinstance(data, dict):
+            raise UserError(f"{path} is not a configuration (expected a JSON object)")
+        if "auto_map" in data:
             raise UserError(f"{path} asks to run the folder's own Python code (auto_map): refused; "
                             "this tool never executes model code it did not ship")
     if not any(folder.glob("*.safetensors")):
@@ -46,7 +48,10 @@ def _check_folder(folder: Path) -> None:
 
 def resolve(source: str) -> str:
     """A local folder (checked) or, only where the network is allowed, a hub id."""
-    path = Path(source).expanduser()
+    try:
+        path = Path(source).expanduser()
+    except RuntimeError:  # "~someone" with no such user
+        raise UserError(f"model folder {source} does not exist") from None
     if path.exists():
         _check_folder(path)
         return str(path)
@@ -71,8 +76,8 @@ def load_model(source: str, auto_class: Any = None) -> Any:
     resolved = resolve(source)
     try:
         return (auto_class or AutoModel).from_pretrained(resolved, use_safetensors=True, **_kwargs(resolved)).eval()
-    except (OSError, ValueError, KeyError) as exc:
-        raise UserError(f"could not load the model from {source!r}: {str(exc).splitlines()[0][:200]}") from None
+    except Exception as exc:  # noqa: BLE001  (a user's folder can break Transformers in many ways: say which, once)
+        raise UserError(f"could not load the model from {source!r}: {_first_line(exc)}") from None
 
 
 def load_tokenizer(source: str) -> Any:
@@ -81,5 +86,10 @@ def load_tokenizer(source: str) -> Any:
     resolved = resolve(source)
     try:
         return AutoTokenizer.from_pretrained(resolved, **_kwargs(resolved))
-    except (OSError, ValueError, KeyError) as exc:
-        raise UserError(f"could not load the tokenizer from {source!r}: {str(exc).splitlines()[0][:200]}") from None
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"could not load the tokenizer from {source!r}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"

@@ -94,23 +94,63 @@ def clean(row: dict[str, Any]) -> dict[str, Any] | None:
 
 
 class Store:
-    """A results database file. Cheap to open; use one per thread."""
+    """A results database file. Cheap to open; use one per thread.
 
-    def __init__(self, path: str | Path) -> None:
+    `write=False` opens it read-only (a shared or write-protected store can still be read; nothing is
+    created or upgraded). A SQLite file of another application is refused untouched."""
+
+    def __init__(self, path: str | Path, write: bool = True) -> None:
         self.path = Path(path)
         if self.path.is_dir():
             raise UserError(f"{self.path} is a folder, not a results database file")
+        if self.path.exists():
+            self._check_header()
+        elif not write:
+            raise UserError(f"no results database at {self.path}")
+        elif self.path.parent.exists() and not self.path.parent.is_dir():
+            raise UserError(f"{self.path.parent} is a file, so {self.path.name} cannot be created in it")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(f"cannot create the folder of {self.path}: {exc.strerror or exc}") from None
         with self._errors():
-            self.conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None)
+            if write:
+                self.conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None)
+            else:
+                self.conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=60.0,
+                                            isolation_level=None)
             self.conn.row_factory = sqlite3.Row
             self.conn.execute("PRAGMA busy_timeout = 60000")
-            self.conn.execute("PRAGMA journal_mode = WAL")
-            self.conn.execute("PRAGMA synchronous = NORMAL")
-            self._migrate()
+            self._check_ours()
+            if write:
+                self.conn.execute("PRAGMA journal_mode = WAL")
+                self.conn.execute("PRAGMA synchronous = NORMAL")
+                self._migrate()
+            elif self._version() != SCHEMA_VERSION:
+                raise UserError(f"{self.path} was written by an older engine: open it once with a command that "
+                                "writes (such as `sweep`) to upgrade it")
+
+    def _check_header(self) -> None:
+        with open(self.path, "rb") as fh:
+            head = fh.read(16)
+        if head and head != b"SQLite format 3\x00":
+            raise UserError(f"{self.path} is not a usable results database: not an SQLite file")
+
+    def _check_ours(self) -> None:
+        """Only an empty file or one with this tool's tables is ever written to."""
+        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables and "meta" not in tables:
+            raise UserError(f"{self.path} is an SQLite database of another application: refusing to use it "
+                            "(give a new file name)")
+
+    def _version(self) -> int | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            return None
+        text = str(row[0])
+        if not (text.isascii() and text.isdigit()):
+            raise UserError(f"{self.path} has schema version {text[:20]!r}; this engine reads {SCHEMA_VERSION}")
+        return int(text)
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -126,10 +166,9 @@ class Store:
                   f"UNIQUE ({', '.join(KEY)}))")
         with self._tx():
             self.conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            version = int(row[0]) if row is not None and str(row[0]).isdigit() else None
-            if row is not None and version not in (1, SCHEMA_VERSION):
-                raise UserError(f"{self.path} has schema version {row[0]!r:.20}; this engine reads "
+            version = self._version()
+            if version not in (None, 1, SCHEMA_VERSION):
+                raise UserError(f"{self.path} has schema version {version}; this engine reads "
                                 f"{SCHEMA_VERSION} (and upgrades 1)")
             if version == 1:
                 self._upgrade_v1(create)
@@ -177,9 +216,10 @@ class Store:
         updates = ", ".join(f"{n}=excluded.{n}" for n in names if n not in KEY)
         with self._errors(), self._tx():
             old = self.conn.execute(
-                f"SELECT id, engine_version, error, latency_contended, profile, result_json FROM results WHERE {where}",
+                f"SELECT id, model, recipe_key, engine_version, error, latency_contended, profile, result_json "
+                f"FROM results WHERE {where}",
                 [row[k] for k in KEY]).fetchone()
-            if old is not None and _readable(old["result_json"]) and \
+            if old is not None and _readable(old) and \
                     quality(old["engine_version"], old["error"], old["latency_contended"], old["profile"]) > \
                     quality(row["engine_version"], row["error"], row["latency_contended"], row["profile"]):
                 return int(old["id"])
@@ -193,19 +233,20 @@ class Store:
         """(row id, result) of this configuration on this device, if stored and readable."""
         with self._errors():
             row = self.conn.execute(
-                "SELECT id, result_json FROM results WHERE model=? AND recipe_key=? AND device_id=?",
+                "SELECT id, model, recipe_key, result_json FROM results WHERE model=? AND recipe_key=? AND device_id=?",
                 (recipe.model, recipe.key, device_id)).fetchone()
-        if row is None:
-            return None
-        result = _result(row["result_json"])
+        result = None if row is None else _result(row)
         return None if result is None else (int(row["id"]), result)
 
     def get_id(self, row_id: int) -> Result:
+        if isinstance(row_id, bool) or not isinstance(row_id, int) or not 0 < row_id < 2 ** 63:
+            raise UserError(f"row id {str(row_id)[:30]} is not allowed: a positive integer")
         with self._errors():
-            row = self.conn.execute("SELECT result_json FROM results WHERE id=?", (row_id,)).fetchone()
+            row = self.conn.execute("SELECT model, recipe_key, result_json FROM results WHERE id=?",
+                                    (row_id,)).fetchone()
         if row is None:
             raise UserError(f"no result with id {row_id} in {self.path}")
-        result = _result(row[0])
+        result = _result(row)
         if result is None:
             raise UserError(f"row {row_id} of {self.path} is damaged (its stored result cannot be read)")
         return result
@@ -256,12 +297,16 @@ class Store:
             return int(self.conn.execute("SELECT COUNT(*) FROM results").fetchone()[0])
 
 
-def _result(text: Any) -> Result | None:
+def _result(row: sqlite3.Row) -> Result | None:
+    """The row's stored Result, or None if it is damaged or does not belong to the row's configuration."""
     try:
-        return Result.from_dict(json.loads(text))
-    except (TypeError, ValueError, RecursionError):
+        result = Result.from_dict(json.loads(row["result_json"]))
+        if result.model != row["model"] or Recipe.from_dict(result.recipe).key != row["recipe_key"]:
+            return None
+        return result
+    except (TypeError, ValueError, RecursionError, OverflowError):
         return None
 
 
-def _readable(text: Any) -> bool:
-    return _result(text) is not None
+def _readable(row: sqlite3.Row) -> bool:
+    return _result(row) is not None
