@@ -103,9 +103,7 @@ class Store:
         self.path = Path(path)
         if self.path.is_dir():
             raise UserError(f"{self.path} is a folder, not a results database file")
-        if self.path.exists():
-            self._check_header()
-        elif not write:
+        if not self.path.exists() and not write:
             raise UserError(f"no results database at {self.path}")
         elif self.path.parent.exists() and not self.path.parent.is_dir():
             raise UserError(f"{self.path.parent} is a file, so {self.path.name} cannot be created in it")
@@ -130,14 +128,11 @@ class Store:
                 raise UserError(f"{self.path} was written by an older engine: open it once with a command that "
                                 "writes (such as `sweep`) to upgrade it")
 
-    def _check_header(self) -> None:
-        with open(self.path, "rb") as fh:
-            head = fh.read(16)
-        if head and head != b"SQLite format 3\x00":
-            raise UserError(f"{self.path} is not a usable results database: not an SQLite file")
-
     def _check_ours(self) -> None:
-        """Only an empty file or one with this tool's tables is ever written to."""
+        """Only an empty file or one with this tool's tables is ever written to.
+
+        Checked through SQLite itself: opening and closing the file with another descriptor would drop
+        every POSIX lock this process holds on it, and another process could then delete a WAL in use."""
         tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if tables and "meta" not in tables:
             raise UserError(f"{self.path} is an SQLite database of another application: refusing to use it "
@@ -194,7 +189,8 @@ class Store:
         try:
             yield
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:  # SQLite may have rolled back already; keep the original error
+                self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
 
