@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from engine.bundle.bundle import write_bundle  # noqa: E402
-from engine.bundle.onnx import onnx_feed, onnx_session  # noqa: E402
+from engine.runtimes.onnx import onnx_feed, onnx_session  # noqa: E402
 from engine.core.recipe import Quantize, Recipe  # noqa: E402
 from engine.measure.fingerprint import fingerprint  # noqa: E402
 from engine.measure.latency import PROFILES, time_paired  # noqa: E402

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from engine.figures import AXIS_LABELS, CURRENT, FRONT, axis_label, legend_note, pareto_figure  # noqa: F401
+from engine.figures import (AXIS_LABELS, CURRENT, FRONT, axis_label, batch_figure, legend_note,  # noqa: F401
+                            pareto_figure)
 
 
 def histogram_before_after(before: np.ndarray, after: np.ndarray, title: str) -> go.Figure:

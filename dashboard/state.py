@@ -18,6 +18,7 @@ SCHEME_OPTIONS = ["auto", "dynamic", "weight-only"]
 DEFAULTS = {
     "model": DEFAULT_MODEL, "prune_amount": 0.0, "prune_method": "structured", "finetune_epochs": 0, "bits": "none",
     "scheme": "auto", "granularity": "per-channel", "precision": "fp32", "batch_size": 1, "device": "cpu",
+    "runtime": "eager",
 }
 
 
@@ -50,7 +51,8 @@ def recipe_from_state() -> Recipe:
         s["model"], prune=amount, prune_method=s["prune_method"],
         finetune_epochs=int(s["finetune_epochs"]) if can_finetune else 0,
         bits=None if s["bits"] == "none" else int(s["bits"]), scheme=None if s["scheme"] == "auto" else s["scheme"],
-        granularity=s["granularity"], precision=s["precision"], device=s["device"], batch_size=int(s["batch_size"]))
+        granularity=s["granularity"], precision=s["precision"], device=s["device"], batch_size=int(s["batch_size"]),
+        runtime=s["runtime"])
 
 
 def request_load(recipe: Recipe) -> None:
@@ -71,6 +73,7 @@ def _apply(recipe: Recipe) -> None:
     s["precision"] = recipe.precision
     s["batch_size"] = recipe.batch_size
     s["device"] = recipe.device
+    s["runtime"] = recipe.runtime
 
 
 def recipe_or_stop() -> Recipe:

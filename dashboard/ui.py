@@ -145,8 +145,9 @@ def job_progress(name: str, verb: str) -> None:
 
 
 def live_frontier(model: str, db: str, job_name: str, cost: str, current_key: str | None, metric_kind: str,
-                  chart_key: str) -> None:
-    """The accuracy-vs-cost plot; while a background job runs it redraws every 2 s with its progress."""
+                  chart_key: str, batch_size: int | None = None) -> None:
+    """The accuracy-vs-cost plot at one batch size; while a background job runs it redraws every 2 s with its
+    progress."""
     running = (job_status(job_name) is not None) and not job_status(job_name).finished
 
     def draw() -> None:
@@ -155,7 +156,7 @@ def live_frontier(model: str, db: str, job_name: str, cost: str, current_key: st
             _progress(status, "Measuring in the background")
         elif running:  # it finished since the last full run: let the whole page catch up
             st.rerun()
-        data = api.model_rows(model, db, ["accuracy", cost])
+        data = api.model_rows(model, db, ["accuracy", cost], batch_size=batch_size)
         fig = charts.pareto_figure(data["rows"], x=OBJECTIVES[cost][0], y="accuracy", current_key=current_key,
                                    metric_kind=metric_kind)
         st.plotly_chart(fig, key=chart_key, width="stretch")

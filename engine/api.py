@@ -227,33 +227,43 @@ def untrusted_recipes(model: str, db: str | Path) -> list[Recipe]:
 
 # --- results --------------------------------------------------------------------------------------------
 def model_rows(model: str, db: str | Path, objectives: str | list[str], min_accuracy: str | None = None,
-               all_devices: bool = False, include_untrusted: bool = False) -> dict[str, Any]:
-    """Every stored row of `model` with `shown` / `trusted` / `eligible` / `on_frontier` marks, the
-    hypervolume and how many damaged rows were skipped."""
+               all_devices: bool = False, include_untrusted: bool = False, batch_size: int | None = None
+               ) -> dict[str, Any]:
+    """Every stored row of `model` at one batch size (default: the smallest stored; latencies of different
+    batch sizes never compete) with `shown` / `trusted` / `eligible` / `on_frontier` marks, the hypervolume,
+    the batch sizes stored, and how many damaged rows were skipped."""
     objs = pareto.parse_objectives(objectives)
+    if batch_size is not None:
+        Recipe(model=model, batch_size=batch_size)  # the same rule as a recipe's
     with Store(db, write=False) as store:
         rows, damaged = store.rows(model=model, device_id=None if all_devices else fingerprint()["id"])
-    baseline = next((r["baseline_accuracy"] for r in rows if r["baseline_accuracy"] is not None), None)
-    out = pareto.frontier(rows, objs, pareto.parse_min_accuracy(min_accuracy, baseline), include_untrusted)
-    out["damaged"] = damaged
+    sizes = sorted({r["batch_size"] for r in rows if r["batch_size"] is not None})
+    if batch_size is None and sizes:
+        batch_size = sizes[0]
+    at = [r for r in rows if r["batch_size"] == batch_size]
+    baseline = next((r["baseline_accuracy"] for r in at if r["baseline_accuracy"] is not None), None)
+    out = pareto.frontier(at, objs, pareto.parse_min_accuracy(min_accuracy, baseline), include_untrusted)
+    out.update(damaged=damaged, batch_size=batch_size, batch_sizes=sizes, all_rows=rows)
     return out
 
 
 def frontier(model: str, db: str | Path, objectives: str | list[str] = ",".join(pareto.DEFAULT_OBJECTIVES),
-             min_accuracy: str | None = None, all_devices: bool = False, include_untrusted: bool = False
-             ) -> dict[str, Any]:
-    """The non-dominated configurations of a model, best accuracy first (the CLI's `frontier`)."""
+             min_accuracy: str | None = None, all_devices: bool = False, include_untrusted: bool = False,
+             batch_size: int | None = None) -> dict[str, Any]:
+    """The non-dominated configurations of a model at one batch size, best accuracy first (the CLI's `frontier`)."""
     _must_exist(db)
-    out = model_rows(model, db, objectives, min_accuracy, all_devices, include_untrusted)
+    out = model_rows(model, db, objectives, min_accuracy, all_devices, include_untrusted, batch_size)
     rows = out["rows"]
     if not rows:
-        raise UserError(f"no results for model {str(model)[:80]!r} on this machine in {db}: run a sweep first")
+        at = "" if batch_size is None else f" at batch size {batch_size}"
+        raise UserError(f"no results for model {str(model)[:80]!r}{at} on this machine in {db}: run a sweep first")
     front = sorted((r for r in rows if r["on_frontier"]), key=lambda r: -(r["accuracy"] or 0))
     return {"model": model, "objectives": out["objectives"], "min_accuracy": out["min_accuracy"],
             "hypervolume": out["hypervolume"],
             "hypervolume_reference": "costs / uncompressed cost; accuracy 0 and 1.1 x the largest normalised cost",
             "frontier": [_public(r) for r in front], "considered": sum(r["eligible"] for r in rows),
             "untrusted": sum(r["shown"] and not r["trusted"] for r in rows), "include_untrusted": include_untrusted,
+            "batch_size": out["batch_size"], "batch_sizes": out["batch_sizes"],
             "damaged_rows": out["damaged"],
             "failed": [{"id": r["id"], "label": r["label"], "error": r["error"]} for r in rows if r["error"]]}
 

@@ -17,7 +17,7 @@ import warnings
 from typing import Any, Sequence
 
 from engine.core.errors import UserError, VerificationError
-from engine.core.recipe import BITS, PRECISIONS, PRUNE_METHODS, PRUNE_SCOPES, Recipe
+from engine.core.recipe import BITS, PRECISIONS, PRUNE_METHODS, PRUNE_SCOPES, RUNTIMES, Recipe
 from engine.core.result import strict
 from engine.core.units import fmt_bytes, fmt_energy, fmt_ms, fmt_speedup
 
@@ -77,6 +77,7 @@ def add_recipe_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--precision", default="fp32", help=f"one of {', '.join(PRECISIONS)}")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--batch-size", type=_int("--batch-size"), default=1)
+    p.add_argument("--runtime", default="eager", help=f"one of {', '.join(RUNTIMES)}")
 
 
 def recipe_from_args(a: argparse.Namespace) -> Recipe:
@@ -85,7 +86,8 @@ def recipe_from_args(a: argparse.Namespace) -> Recipe:
     return api.recipe_from_fields(
         a.model, prune=a.prune, prune_method=a.prune_method, prune_scope=a.prune_scope,
         finetune_epochs=a.finetune_epochs, bits=a.bits, scheme=a.scheme, granularity=a.granularity,
-        group_size=a.group_size, precision=a.precision, device=a.device, batch_size=a.batch_size)
+        group_size=a.group_size, precision=a.precision, device=a.device, batch_size=a.batch_size,
+        runtime=a.runtime)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--granularity", default="per-channel")
     p.add_argument("--group-size", type=_int("--group-size"), default=32)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=_int("--batch-size"), default=1)
+    p.add_argument("--batch-size", type=_list(_int("--batch-size")), default=[1], help="e.g. 1,8,64")
+    p.add_argument("--runtime", type=_list(str), default=["eager"], help=f"e.g. {','.join(RUNTIMES)}")
     p.add_argument("--db", default=DEFAULT_DB, help=f"SQLite results file (default {DEFAULT_DB})")
     p.add_argument("--profile", default="thorough", help="quick or thorough")
     p.add_argument("--threads", type=_int("--threads"), default=None)
@@ -130,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="2-3 of accuracy,latency,size,memory,energy,params,speedup")
     p.add_argument("--min-accuracy", default=None, help="absolute (0.95) or relative to baseline (0.99x)")
     p.add_argument("--all-devices", action="store_true", help="include rows measured on other machines")
+    p.add_argument("--batch-size", type=_int("--batch-size"), default=None,
+                   help="the batch size whose rows compete (default: the smallest stored)")
     p.add_argument("--include-contended", action="store_true",
                    help="let rows measured on a busy machine compete (they are left out by default)")
     p.add_argument("--json", action="store_true")
@@ -202,7 +207,7 @@ def print_result(r: dict[str, Any]) -> None:
         print(f"  latency    p50 {fmt_ms(lat['p50'])}, p90 {fmt_ms(lat['p90'])}, p99 {fmt_ms(lat['p99'])} "
               f"(IQR/median {lat['iqr_ratio']:.0%}, {lat['calls']} calls, batch {lat['batch_size']}, "
               f"{lat['threads']} of {lat['threads_requested']} threads)")
-        print(f"  speed-up   {fmt_speedup(r['speedup'])} than the uncompressed model (paired, spread "
+        print(f"  speed-up   {fmt_speedup(r['speedup'])} than the uncompressed eager fp32 model (paired, spread "
               f"{(r['speedup_spread'] or 0):.0%})")
         print(f"  machine    other work used {lat['foreign_cpu']:.2f} cores while timing"
               + ("  CONTENDED: re-measure when the machine is quiet" if lat["contended"] else ""))
@@ -212,6 +217,8 @@ def print_result(r: dict[str, Any]) -> None:
         print(f"  energy     {fmt_energy(r['energy_j'])}/inference [{r['energy_source']}]")
     for k in r["kernels"]:
         print(f"  kernel     {k['step']}: {k['kernel']}{' (simulated)' if k['simulated'] else ''}")
+    if r.get("prepare_s") is not None:
+        print(f"  prepared   in {r['prepare_s']:.1f} s (export and quantization for the runtime; not in the latency)")
     for w in r["warnings"]:
         print(f"  warning    {w}")
 
@@ -223,7 +230,7 @@ def cmd_sweep(a: argparse.Namespace) -> dict[str, Any]:
     recipes, skipped = api.sweep_grid(
         a.model, prune=a.prune, methods=a.prune_method, bits=a.bits, precisions=a.precision, schemes=a.scheme,
         granularity=a.granularity, group_size=a.group_size, device=a.device, batch_size=a.batch_size,
-        finetune_epochs=a.finetune_epochs)
+        finetune_epochs=a.finetune_epochs, runtimes=a.runtime)
     for s in skipped:
         print(f"skipped combinations: {s}", file=sys.stderr)
     bar = _ProgressBar()
@@ -264,13 +271,15 @@ def print_sweep(out: dict[str, Any]) -> None:
 def cmd_frontier(a: argparse.Namespace) -> dict[str, Any]:
     from engine import api
 
-    return api.frontier(a.model, a.db, a.objectives, a.min_accuracy, a.all_devices, a.include_contended)
+    return api.frontier(a.model, a.db, a.objectives, a.min_accuracy, a.all_devices, a.include_contended, a.batch_size)
 
 
 def print_frontier(out: dict[str, Any]) -> None:
     names = [o["name"] for o in out["objectives"]]
     print(f"{out['model']}: {len(out['frontier'])} of {out['considered']} configurations are on the "
-          f"{' / '.join(names)} frontier (hypervolume {out['hypervolume']:.4g})")
+          f"{' / '.join(names)} frontier at batch size {out['batch_size']} (hypervolume {out['hypervolume']:.4g})")
+    if len(out["batch_sizes"]) > 1:
+        print(f"also stored at batch sizes {', '.join(map(str, out['batch_sizes']))}: choose one with --batch-size")
     if out["min_accuracy"] is not None:
         print(f"constraint: accuracy >= {out['min_accuracy']:.4f}")
     if out["untrusted"] and not out["include_untrusted"]:

@@ -18,6 +18,7 @@ SCALE = {"size_bytes": 1 / 1024, "peak_memory_bytes": 1 / 1024, "energy_j": 1e3}
 # Error bars: the spread of the per-block medians (latency), of the per-pair ratios (speed-up).
 ERRORS = {"latency_p50_ms": ("latency_block_q25_ms", "latency_block_q75_ms")}
 FRONT, DOMINATED, CURRENT = "#2563eb", "#94a3b8", "#f97316"
+RUNTIME_EDGE = {"onnxruntime": "#16a34a"}  # outline colour of points measured in another runtime than eager
 LOG_SPAN = 10.0  # an axis whose values span more than this factor is drawn logarithmic
 
 
@@ -67,6 +68,7 @@ def pareto_figure(rows: list[dict], x: str, y: str, current_key: str | None = No
         return fig
     if "trusted" not in df:
         df["trusted"] = True
+    df["runtime"] = df["runtime"].fillna("eager") if "runtime" in df else "eager"
     df["_x"], df["_y"] = _col(df, x), _col(df, y)
     energy_plotted = "energy_j" in (x, y, color)
     hover = ("<b>%{customdata[1]}</b><br>" + axis_label(x, metric_kind) + ": %{x:.4g}<br>" + axis_label(y, metric_kind)
@@ -90,7 +92,9 @@ def pareto_figure(rows: list[dict], x: str, y: str, current_key: str | None = No
                       color=(_col(part, color) if colorbar else edge),
                       colorscale="Viridis" if colorbar else None, colorbar=colorbar if front else None,
                       cmin=_col(df, color).min() if colorbar else None, cmax=_col(df, color).max() if colorbar else None,
-                      line=dict(width=1.5, color=edge), opacity=1.0 if front else 0.8)
+                      line=dict(width=[2.5 if rt in RUNTIME_EDGE else 1.5 for rt in part["runtime"]],
+                                color=[RUNTIME_EDGE.get(rt, edge) for rt in part["runtime"]]),
+                      opacity=1.0 if front else 0.8)
         fig.add_trace(go.Scatter(
             x=part["_x"], y=part["_y"], mode="lines+markers" if front and not colorbar else "markers", name=name,
             customdata=custom[df.index.get_indexer(part.index)], hovertemplate=hover, marker=marker,
@@ -118,7 +122,33 @@ def legend_note(rows: list[dict], energy_plotted: bool) -> str:
     notes = ["diamonds joined: the frontier", "grey circles: dominated"]
     if any(not r.get("trusted", True) for r in shown):
         notes.append("hollow: measured while the machine was busy, so not compared until re-measured")
+    if any(r.get("runtime") == "onnxruntime" for r in shown):
+        notes.append("green outline: measured in ONNX Runtime")
     if energy_plotted and any(str(r.get("energy_source", "")).startswith("estimated") for r in shown):
         notes.append("dot inside: energy estimated from CPU time, not measured")
     notes.append("bars: spread between timing blocks")
     return " · ".join(notes)
+
+
+def batch_figure(rows: list[dict]) -> go.Figure:
+    """Speed-up against batch size, one line per configuration (technique and runtime) measured at two or
+    more batch sizes: where compression pays off. The speed-up is paired, so a row measured on a busy machine
+    still compares like with like; it is drawn hollow, as on the frontier."""
+    fig = go.Figure()
+    df = pd.DataFrame([r for r in rows if r.get("error") is None and r.get("speedup") is not None])
+    if not df.empty:
+        for config, part in df.groupby("label", sort=True):
+            part = part.sort_values("batch_size")
+            if part["batch_size"].nunique() < 2:
+                continue
+            hollow = ["circle-open" if c else "circle" for c in part["latency_contended"].fillna(0).astype(bool)]
+            fig.add_trace(go.Scatter(x=part["batch_size"], y=part["speedup"], mode="lines+markers", name=config,
+                                     marker=dict(symbol=hollow, size=8),
+                                     hovertemplate=config + "<br>batch %{x}: %{y:.2f}×<extra></extra>"))
+    if not fig.data:
+        fig.add_annotation(text="No configuration measured at two or more batch sizes yet", showarrow=False)
+    fig.add_hline(y=1.0, line=dict(color=DOMINATED, dash="dot"))
+    fig.update_layout(height=380, margin=dict(l=10, r=10, t=30, b=10), template="plotly_white",
+                      xaxis=dict(title="batch size", type="log"), yaxis_title=AXIS_LABELS["speedup"],
+                      legend=dict(orientation="h", y=-0.25))
+    return fig

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from engine import api
 from engine.bundle.bundle import ACCURACY_TOLERANCE, FILES, load_torch, sha256
-from engine.bundle.onnx import onnx_feed, onnx_session
+from engine.runtimes.onnx import onnx_feed, onnx_session
 from engine.cli import main
 from engine.compress import codec
 from engine.compress.pipeline import apply

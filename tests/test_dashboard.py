@@ -75,6 +75,15 @@ def test_explore_controls_change_the_numbers(app):
     assert caveats and not app.warning  # one collapsible box, not stacked warnings
 
 
+def test_runtime_is_a_control_and_its_point_is_measured_in_that_runtime(app):
+    app.sidebar.select_slider(key="bits").set_value(8)
+    app.sidebar.radio(key="runtime").set_value("onnxruntime").run()
+    assert not app.exception and not app.error
+    assert any("onnxruntime" in c.value for c in app.caption)
+    assert "faster" in next(m for m in app.metric if m.label == "Latency p50").delta or \
+        "slower" in next(m for m in app.metric if m.label == "Latency p50").delta  # paired with eager fp32
+
+
 def test_impossible_combination_is_an_error_not_an_exception(app):
     app.sidebar.select_slider(key="bits").set_value(8)
     app.sidebar.selectbox(key="scheme").set_value("dynamic")

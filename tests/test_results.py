@@ -13,7 +13,7 @@ from engine.cli import main
 from engine.core.errors import RecipeError, UserError
 from engine.core.recipe import Prune, Recipe
 from engine.measure.run import run_recipe
-from engine.results.store import Store
+from engine.results.store import SCHEMA_VERSION, Store
 from engine.results.sweep import expand_grid, run_sweep
 from tests.conftest import ROOT
 
@@ -29,7 +29,7 @@ def test_store_round_trip_on_a_real_file(tmp_path):
         assert s.get(Recipe.from_dict(r.recipe), r.device["id"])[1].accuracy == r.accuracy
     con = sqlite3.connect(db)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "2"
+    assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
     assert con.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 1
 
 
@@ -122,7 +122,7 @@ def test_a_version_1_store_is_upgraded_in_place(tmp_path):
     with Store(db) as s:
         rows, damaged = s.rows()
     assert [r["accuracy"] for r in rows] == [0.95] and damaged == 0
-    assert sqlite3.connect(db).execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "2"
+    assert sqlite3.connect(db).execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
 
 
 def test_failed_configuration_is_a_row_and_sweep_goes_on(tmp_path, monkeypatch):
@@ -130,10 +130,10 @@ def test_failed_configuration_is_a_row_and_sweep_goes_on(tmp_path, monkeypatch):
 
     real_apply = run.apply
 
-    def flaky(model, recipe, spec):
+    def flaky(model, recipe, spec, **kw):
         if recipe.prune.method == "structured":
             raise RuntimeError("dependency graph broke")
-        return real_apply(model, recipe, spec)
+        return real_apply(model, recipe, spec, **kw)
 
     monkeypatch.setattr(run, "apply", flaky)
     recipes, _ = expand_grid("digits-mlp", [0, 0.5], ["magnitude", "structured"])

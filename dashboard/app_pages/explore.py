@@ -5,6 +5,7 @@ import streamlit as st
 
 from dashboard import state, ui
 from engine import api
+from engine.core.recipe import RUNTIMES
 
 db = state.db_path()
 s = st.session_state
@@ -24,6 +25,10 @@ with st.sidebar:
     st.select_slider("Quantization bits", options=state.BIT_OPTIONS, key="bits",
                      help="Weights on a grid of at most 2^bits levels per channel. none = float weights.")
     st.radio("Numeric precision", ["fp32", "fp16", "bf16"], key="precision", horizontal=True)
+    st.radio("Runtime", list(RUNTIMES), key="runtime", horizontal=True,
+             help="eager: PyTorch as the engine runs it. onnxruntime: the compressed model exported to ONNX "
+                  "(int8 quantized by ONNX Runtime's own quantizer) and measured in ONNX Runtime, the file you "
+                  "would deploy. Speed-ups are always against the uncompressed model in eager PyTorch.")
     with st.expander("More options"):
         st.selectbox("Quantization scheme", state.SCHEME_OPTIONS, key="scheme",
                      help="auto: int8 activations (real int8 kernel) at fp32 on CPU, weight-only otherwise.")
@@ -37,7 +42,8 @@ st.caption(f"**{recipe.model}** · {recipe.label()} · recipe `{recipe.key}`")
 
 with ui.guard("Could not measure this configuration"):
     fresh = st.session_state.pop("_remeasure", None) == recipe.key  # asked on the previous run: measure first
-    with st.spinner(f"Measuring {recipe.label()} {'again ' if fresh else ''}(in the measuring process)…"):
+    export = " — exporting to ONNX first takes a few seconds" if recipe.runtime == "onnxruntime" else ""
+    with st.spinner(f"Measuring {recipe.label()} {'again ' if fresh else ''}(in the measuring process{export})…"):
         base = api.baseline_of(recipe, db, via=worker)
         cur = base if recipe == recipe.baseline() and not fresh else \
             api.measure_or_load(recipe, db, via=worker, fresh=fresh)
@@ -55,7 +61,8 @@ else:
                  + f" (row #{cur.row_id}, {r.profile} profile). "
                  + ("This is the uncompressed fp32 model: the baseline for every change shown."
                     if recipe == recipe.baseline() else
-                    "Changes are against the uncompressed fp32 model; the latency change is the paired speed-up."))
+                    "Changes are against the uncompressed fp32 model in eager PyTorch; the latency change is the "
+                    "paired speed-up."))
     if right.button("Re-measure", key="explore_remeasure",
                     help="Measure this configuration again now (the store keeps the better of the two: a "
                          "measurement on a busy machine never replaces a quiet one)."):
@@ -75,4 +82,5 @@ with ui.guard("Could not start the starter grid"):
 cost = st.selectbox("Against", ["latency", "speedup", "size", "memory", "energy"], key="explore_cost",
                     help="speedup: paired with the uncompressed model, so it holds when the machine is busy.")
 with ui.guard("Could not draw the frontier"):
-    ui.live_frontier(recipe.model, db, f"seed-{recipe.model}", cost, recipe.key, r.metric_kind, "explore_chart")
+    ui.live_frontier(recipe.model, db, f"seed-{recipe.model}", cost, recipe.key, r.metric_kind, "explore_chart",
+                     batch_size=recipe.batch_size)

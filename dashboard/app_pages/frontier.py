@@ -30,7 +30,12 @@ if x_obj == y_obj:
     st.stop()
 objectives = [x_obj, y_obj] + ([third] if third != "none" else [])
 with ui.guard("Could not read the results"):
-    data = api.model_rows(model, db, objectives, f"{min_acc}x" if min_acc > 0 else None, include_untrusted=include)
+    sizes = api.model_rows(model, db, objectives)["batch_sizes"]
+    batch = st.selectbox("Batch size", sizes, key="front_batch",
+                         help="Latencies of different batch sizes never compete: one frontier per batch size.") \
+        if len(sizes) > 1 else None
+    data = api.model_rows(model, db, objectives, f"{min_acc}x" if min_acc > 0 else None, include_untrusted=include,
+                          batch_size=batch)
 rows = data["rows"]
 if data["damaged"]:
     st.warning(f"{data['damaged']} damaged row(s) in the results store were skipped.")
@@ -92,6 +97,12 @@ table = pd.DataFrame([{
     "simulated": bool(r["simulated"]), "profile": r["profile"]} for r in ok])
 st.dataframe(table, hide_index=True, width="stretch", key="front_table")
 st.download_button("Download CSV", table.to_csv(index=False).encode(), f"{model}-results.csv", "text/csv")
+if len(data["batch_sizes"]) > 1:
+    with st.expander("Where compression pays off: speed-up by batch size"):
+        st.plotly_chart(charts.batch_figure(data["all_rows"]), key="front_batch_chart", width="stretch")
+        st.caption("Each line is one configuration, measured at several batch sizes; the speed-up is paired with "
+                   "the uncompressed eager model at the same batch size. Small batches are dominated by fixed "
+                   "per-call costs, which compression does not remove.")
 if failed:
     st.subheader("Failed configurations")
     for r in failed:

@@ -5,6 +5,7 @@ import streamlit as st
 
 from dashboard import state, ui
 from engine import api
+from engine.core.recipe import RUNTIMES
 
 db = state.db_path()
 model = st.session_state["model"]
@@ -21,6 +22,9 @@ methods = c[1].multiselect("Pruning methods", ["magnitude", "structured"], defau
 c = st.columns(2)
 bits = c[0].multiselect("Bit widths", state.BIT_OPTIONS, default=["none", 8, 4], key="sw_bits")
 precisions = c[1].multiselect("Precisions", ["fp32", "fp16", "bf16"], default=["fp32", "bf16"], key="sw_prec")
+runtimes = st.multiselect("Runtimes", list(RUNTIMES), default=["eager"], key="sw_runtimes",
+                          help="onnxruntime: each configuration exported to ONNX and measured in ONNX Runtime "
+                               "(the export adds a few seconds per configuration).")
 profile = st.radio("Measurement profile", ["quick", "thorough"], horizontal=True, key="sw_profile",
                    help="quick: interactive timing (~0.5 s a point); thorough: longer windows, steadier numbers.")
 remeasure = st.checkbox("Also measure again the points measured on a busy machine", key="sw_remeasure")
@@ -28,7 +32,7 @@ remeasure = st.checkbox("Also measure again the points measured on a busy machin
 with ui.guard("This grid cannot run"):
     recipes, skipped = api.sweep_grid(model, prune=amounts or [0.0], methods=methods or ["magnitude"],
                                       bits=[None if b == "none" else int(b) for b in bits] or [None],
-                                      precisions=precisions or ["fp32"])
+                                      precisions=precisions or ["fp32"], runtimes=runtimes or ["eager"])
     todo = api.missing(recipes, db, profile, remeasure_contended=remeasure)
 status = ui.job_status(f"sweep-{model}")
 running = status is not None and not status.finished

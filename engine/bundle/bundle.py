@@ -31,8 +31,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from engine import __version__
-from engine.bundle.onnx import check_self_contained, export_onnx, onnx_accuracy, onnx_feed, onnx_session
-from engine.bundle.report import README, report_html
+from engine.bundle.onnx import check_self_contained, onnx_accuracy
+from engine.runtimes.onnx import export_onnx, onnx_feed, onnx_session
+from engine.bundle.report import README, measured_in, report_html
 from engine.compress import codec
 from engine.compress.pipeline import Applied, apply
 from engine.compress.precision import DTYPES, cast_inputs
@@ -47,6 +48,7 @@ from engine.models import get_spec
 BUNDLE_FORMAT = 2
 FILES = ("model.onnx", "model.safetensors", "compressed.bin", "model_card.json", "report.html", "README.md")
 RECORD = "recipe.json"
+PRIMARY = {"eager": "model.safetensors", "onnxruntime": "model.onnx"}  # the model each runtime measured
 ACCURACY_TOLERANCE = 0.02  # |ONNX Runtime accuracy - PyTorch accuracy| above this is a visible warning
 # Re-evaluating the same file on the same data must give the recorded figure; the margin allows another
 # CPU's int8/sparse kernels to round differently (one flipped digit of 450 is 0.0022), not a changed model.
@@ -149,11 +151,19 @@ def write_bundle(recipe: Recipe, out: str | Path, result: Result, rows: list[dic
         import onnxruntime
 
         onnx_acc = onnx_accuracy(tmp / "model.onnx", spec)
-        gap = abs(onnx_acc - result.accuracy)
+        if recipe.runtime == "onnxruntime":
+            # The ONNX model is the measured artifact: it must reproduce the measurement; PyTorch is the side check.
+            if abs(onnx_acc - result.accuracy) > REPEAT_TOLERANCE:
+                raise UserError(f"the exported model.onnx gives {result.metric_kind} {onnx_acc:.4f}, the measurement "
+                                f"recorded {result.accuracy:.4f}: re-measure this configuration, then export")
+            torch_acc = _evaluate(applied.model, recipe, spec)
+        else:
+            torch_acc = result.accuracy
+        gap = abs(onnx_acc - torch_acc)
         vwarn = []
         if gap > ACCURACY_TOLERANCE:
             vwarn.append(f"ONNX Runtime {result.metric_kind} {onnx_acc:.4f} differs from PyTorch "
-                         f"{result.accuracy:.4f} by {gap:.4f} (> {ACCURACY_TOLERANCE})")
+                         f"{torch_acc:.4f} by {gap:.4f} (> {ACCURACY_TOLERANCE})")
         fp32_bytes = result.baseline_size_bytes  # one fp32 size everywhere: the codec's uncompressed model
         ratio = fp32_bytes / len(blob)
         card = {
@@ -161,7 +171,8 @@ def write_bundle(recipe: Recipe, out: str | Path, result: Result, rows: list[dic
             "metric_kind": spec.metric_kind, "onnx": onnx_info, "preprocessing": spec.preprocessing,
             "storage": {"file": "compressed.bin", "bytes": len(blob), "fp32_bytes": fp32_bytes,
                         "compression_ratio": ratio},
-            "verification": {"onnx_accuracy": onnx_acc, "torch_accuracy": result.accuracy, "gap": gap,
+            "verification": {"runtime": recipe.runtime, "primary": PRIMARY[recipe.runtime],
+                             "onnx_accuracy": onnx_acc, "torch_accuracy": torch_acc, "gap": gap,
                              "tolerance": ACCURACY_TOLERANCE, "onnxruntime": onnxruntime.__version__,
                              "warnings": vwarn},
         }
@@ -171,7 +182,8 @@ def write_bundle(recipe: Recipe, out: str | Path, result: Result, rows: list[dic
             model=recipe.model, label=recipe.label(), version=__version__, key=recipe.key,
             inputs=", ".join(f"{i['name']} {i['dtype']} {i['shape']}" for i in onnx_info["inputs"]),
             preprocessing=spec.preprocessing, size=len(blob), fp32=fp32_bytes, ratio=ratio,
-            name=spec.metric_kind, onnx_acc=onnx_acc, torch_acc=result.accuracy))
+            name=spec.metric_kind, onnx_acc=onnx_acc, torch_acc=torch_acc,
+            measured=measured_in(recipe.runtime, PRIMARY[recipe.runtime])))
         record = {"bundle": {"format": BUNDLE_FORMAT, "files": {f: sha256(tmp / f) for f in FILES}},
                   "recipe": recipe.to_dict(), "recipe_key": recipe.key, "model": recipe.model,
                   "engine_version": __version__, "device": result.device or fingerprint(),
@@ -288,7 +300,8 @@ def verify(folder: Path, recipe: Recipe, record: dict[str, Any]) -> dict[str, An
     spec = get_spec(recipe.model)
     if hashed["compressed.bin"] and metrics:
         check("compressed.bin", "equals the recipe's compressed weights",
-              lambda: _same_bytes(folder / "compressed.bin", encoded(applied, recipe), record, metrics, applied))
+              lambda: _same_bytes(folder / "compressed.bin", encoded(applied, recipe), record, metrics, applied,
+                                           recipe))
     torch_out = None
     if hashed["model.safetensors"] and metrics:
         model = check("model.safetensors", "equals the recipe's weights", lambda: _load_weights(folder, recipe, applied))
@@ -296,7 +309,7 @@ def verify(folder: Path, recipe: Recipe, record: dict[str, Any]) -> dict[str, An
             torch_out = _outputs(model, recipe, spec)
             acc = out["accuracy"] = _score(torch_out, spec)
             check("model.safetensors", "re-evaluated accuracy matches the record",
-                  lambda: _close(acc, metrics.get("accuracy"), "model.safetensors"))
+                  lambda: _close(acc, record["verification"].get("torch_accuracy"), "model.safetensors"))
     if hashed["model.onnx"] and metrics:
         onnx_out = check("model.onnx", "runs in ONNX Runtime", lambda: _onnx_outputs(folder / "model.onnx", spec))
         if onnx_out is not None:
@@ -339,19 +352,30 @@ def _record_ok(record: dict[str, Any], recipe: Recipe) -> dict[str, Any]:
     if Recipe.from_dict(result.recipe).with_(device="cpu") != recipe or result.error is not None:
         raise VerificationError(f"{RECORD}: its metrics were measured for another configuration (edited)")
     ver = record.get("verification")
-    if not isinstance(ver, dict) or ver.get("torch_accuracy") != result.accuracy:
+    # The measured runtime's accuracy is the metric: eager's exactly; ONNX Runtime's as re-run at export.
+    ok = isinstance(ver, dict) and ver.get("runtime", "eager") == recipe.runtime
+    if ok and recipe.runtime == "eager":
+        ok = ver.get("torch_accuracy") == result.accuracy
+    elif ok:
+        acc = ver.get("onnx_accuracy")
+        ok = type(acc) in (int, float) and abs(acc - result.accuracy) <= REPEAT_TOLERANCE
+    if not ok:
         raise VerificationError(f"{RECORD}: its verification block does not match its metrics (edited)")
     return metrics
 
 
-def _same_bytes(path: Path, expected: bytes, record: dict[str, Any], metrics: dict[str, Any], applied: Applied) -> None:
+def _same_bytes(path: Path, expected: bytes, record: dict[str, Any], metrics: dict[str, Any], applied: Applied,
+                recipe: Recipe) -> None:
+    """compressed.bin holds the recipe's weights; the recorded size is that of what the runtime loads
+    (compressed.bin for eager, model.onnx for onnxruntime)."""
     if path.read_bytes() != expected or hashlib.sha256(expected).hexdigest() != record.get("weights_sha256"):
         raise VerificationError("compressed.bin: does not hold the weights the recipe re-creates")
     try:
         codec.decode(expected)
     except codec.CodecError as exc:
         raise VerificationError(f"compressed.bin: {exc}") from None
-    if metrics.get("size_bytes") != len(expected) or metrics.get("params_total") != applied.params_total \
+    size = len(expected) if recipe.runtime == "eager" else (path.parent / "model.onnx").stat().st_size
+    if metrics.get("size_bytes") != size or metrics.get("params_total") != applied.params_total \
             or metrics.get("params_nonzero") != applied.params_nonzero:
         raise VerificationError(f"{RECORD}: its size or parameter counts are not those of the re-created model")
 def _load_weights(folder: Path, recipe: Recipe, applied: Applied) -> nn.Module:
@@ -399,7 +423,8 @@ def _agree(onnx_out: torch.Tensor, torch_out: torch.Tensor, recipe: Recipe, onnx
     """ONNX Runtime computes the same model: outputs within a relative difference (looser for int8, whose
     activations ONNX Runtime quantizes its own way: 0.06 for digits-mlp, 0.24 for MiniLM here) and accuracy
     within the export tolerance."""
-    limit = ONNX_AGREEMENT_INT8 if recipe.quantize.bits == 8 else ONNX_AGREEMENT
+    int8 = recipe.quantize.scheme == "dynamic" and recipe.quantize.bits is not None  # ONNX Runtime's own int8
+    limit = ONNX_AGREEMENT_INT8 if int8 else ONNX_AGREEMENT
     diff = float((onnx_out - torch_out).norm() / torch_out.norm().clamp(min=1e-12))
     if onnx_out.shape != torch_out.shape or not diff <= limit or abs(onnx_acc - (torch_acc or 0)) > ACCURACY_TOLERANCE:
         raise VerificationError(f"model.onnx: does not compute what the recipe's model computes (relative "
@@ -423,7 +448,8 @@ def _documents_ok(folder: Path, record: dict[str, Any], recipe: Recipe, spec, me
                 inputs=", ".join(f"{i['name']} {i['dtype']} {i['shape']}" for i in card["onnx"]["inputs"]),
                 preprocessing=spec.preprocessing, size=size, fp32=card["storage"]["fp32_bytes"],
                 ratio=card["storage"]["compression_ratio"], name=spec.metric_kind,
-                onnx_acc=record["verification"]["onnx_accuracy"], torch_acc=metrics["accuracy"])
+                onnx_acc=record["verification"]["onnx_accuracy"], torch_acc=record["verification"]["torch_accuracy"],
+                measured=measured_in(recipe.runtime, PRIMARY[recipe.runtime]))
             same = readme == expected
     except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
         same = False

@@ -11,6 +11,11 @@ from engine.core.result import Result
 from engine.core.units import fmt_bytes, fmt_energy, fmt_ms, fmt_speedup
 
 
+def measured_in(runtime: str, primary: str) -> str:
+    """The README's line on the runtime; absent for eager, so bundles written before runtimes existed still verify."""
+    return "" if runtime == "eager" else f"\nMeasured and verified in {runtime}: the model to deploy is `{primary}`."
+
+
 def report_html(recipe: Recipe, result: Result, card: dict, rows: list[dict]) -> str:
     """The point on its frontier, every metric with how it was obtained, the kernels, the warnings."""
     from engine.figures import pareto_figure
@@ -25,7 +30,7 @@ def report_html(recipe: Recipe, result: Result, card: dict, rows: list[dict]) ->
     name = "fidelity" if result.metric_kind == "fidelity" else "accuracy"
     ver, store = card["verification"], card["storage"]
     metrics = [
-        (f"{name} (PyTorch)", f"{result.accuracy:.4f}", result.metric),
+        (f"{name} (PyTorch)", f"{ver['torch_accuracy']:.4f}", result.metric),
         (f"{name} (ONNX Runtime)", f"{ver['onnx_accuracy']:.4f}",
          f"exported model.onnx run in ONNX Runtime {ver['onnxruntime']}"),
         (f"baseline {name}", f"{result.baseline_accuracy:.4f}", "uncompressed fp32 model"),
@@ -65,7 +70,7 @@ th{{width:180px}}td:last-child{{color:#475569;font-size:90%}}.warn li{{color:#9a
 
 README = """# {model}: {label}
 
-Exported by the compression dashboard (engine {version}). Recipe key `{key}`.
+Exported by the compression dashboard (engine {version}). Recipe key `{key}`.{measured}
 
 - `recipe.json`: the recipe, the metrics measured for it, and the SHA-256 of every other file.
   Verify and re-create: `python -m engine apply --recipe recipe.json` (exit 1 if any file was changed).

@@ -13,7 +13,8 @@ from typing import Any
 
 from engine.core.errors import RecipeError
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2 added `runtime`; version-1 recipes read as runtime "eager"
+READ_VERSIONS = (1, 2)
 PRUNE_METHODS = ("none", "magnitude", "structured")
 PRUNE_SCOPES = ("global", "layer")
 MAX_PRUNE = 0.99
@@ -23,6 +24,9 @@ SCHEMES = ("weight-only", "dynamic")
 GRANULARITIES = ("per-channel", "per-group")
 PRECISIONS = ("fp32", "fp16", "bf16")
 DEVICES = ("cpu", "cuda")
+# eager: PyTorch as the engine runs it; onnxruntime: the compressed model exported to ONNX and run in ONNX
+# Runtime's CPU provider, the artifact a user would deploy.
+RUNTIMES = ("eager", "onnxruntime")
 MAX_BATCH = 4096
 MAX_MODEL_NAME = 300
 MAX_RECIPE_BYTES = 1_000_000  # a recipe file is a few hundred bytes; anything this large is not one
@@ -106,6 +110,7 @@ class Recipe:
     precision: str = "fp32"
     device: str = "cpu"
     batch_size: int = 1
+    runtime: str = "eager"
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model or len(self.model) > MAX_MODEL_NAME \
@@ -115,6 +120,10 @@ class Recipe:
         _set(self, "quantize", _part(self.quantize, Quantize, "quantize"))
         _choice("precision", self.precision, PRECISIONS)
         _choice("device", self.device, DEVICES)
+        _choice("runtime", self.runtime, RUNTIMES)
+        if self.runtime == "onnxruntime" and self.device != "cpu":
+            raise RecipeError("runtime=onnxruntime with device=cuda cannot run: the installed ONNX Runtime has the CPU "
+                              "provider only; use device cpu or runtime eager")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) \
                 or not 1 <= self.batch_size <= MAX_BATCH:
             raise RecipeError(f"batch_size={self.batch_size!r} is not allowed: an integer 1 to {MAX_BATCH}")
@@ -136,14 +145,26 @@ class Recipe:
         """Canonical JSON: sorted keys, no whitespace; equal recipes give equal strings."""
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
+    def _key_dict(self) -> dict[str, Any]:
+        """What the key hashes. An eager recipe hashes its version-1 form, so results stores and bundles
+        written before runtimes existed keep matching their recipes."""
+        if self.runtime != "eager":
+            return self.to_dict()
+        data = asdict(self)
+        del data["runtime"]
+        return {"recipe_version": 1, **data}
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Recipe":
         if not isinstance(data, dict):
             raise RecipeError(f"a recipe must be a JSON object, got {type(data).__name__}")
         data = dict(data)
         version = data.pop("recipe_version", RECIPE_VERSION)
-        if type(version) is not int or version != RECIPE_VERSION:  # true and 1.0 equal 1 in Python; not here
-            raise RecipeError(f"recipe_version={version!r} is not supported: this engine reads version {RECIPE_VERSION}")
+        if type(version) is not int or version not in READ_VERSIONS:  # true and 1.0 equal 1 in Python; not here
+            raise RecipeError(f"recipe_version={version!r} is not supported: this engine reads versions "
+                              f"{', '.join(map(str, READ_VERSIONS))}")
+        if version == 1 and "runtime" in data:
+            raise RecipeError("recipe has a 'runtime' field but recipe_version 1, which has none: use recipe_version 2")
         if "model" not in data:
             raise RecipeError("recipe has no 'model' field")
         return cls(**_only(data, cls, "recipe"))
@@ -156,7 +177,8 @@ class Recipe:
     def from_fields(cls, model: str, *, prune: float = 0.0, prune_method: str = "magnitude",
                     prune_scope: str = "global", finetune_epochs: int = 0, bits: int | None = None,
                     scheme: str | None = None, granularity: str = "per-channel", group_size: int = 32,
-                    precision: str = "fp32", device: str = "cpu", batch_size: int = 1) -> "Recipe":
+                    precision: str = "fp32", device: str = "cpu", batch_size: int = 1,
+                    runtime: str = "eager") -> "Recipe":
         """The one way flat controls (CLI flags, dashboard widgets, sweep axes) become a Recipe.
 
         A zero amount means no pruning whatever the method; `scheme=None` picks the fastest real path."""
@@ -175,23 +197,26 @@ class Recipe:
                                finetune_epochs if amount else 0),
                    quantize=Quantize(bits=bits, scheme=scheme or default_scheme(precision, device),
                                      granularity=granularity, group_size=group_size),
-                   precision=precision, device=device, batch_size=batch_size)
+                   precision=precision, device=device, batch_size=batch_size, runtime=runtime)
 
     @property
     def key(self) -> str:
         """Stable 16-hex-digit hash of the canonical JSON."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+        text = json.dumps(self._key_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def with_(self, **changes: Any) -> "Recipe":
         return replace(self, **changes)
 
     @property
     def is_baseline(self) -> bool:
-        """The uncompressed fp32 model: the reference every speed-up and delta is taken against."""
-        return self.prune.method == "none" and self.quantize.bits is None and self.precision == "fp32"
+        """The uncompressed fp32 model in eager PyTorch: the reference every speed-up and delta is taken against
+        (one reference for every runtime, so points of different runtimes compare on one frontier)."""
+        return self.prune.method == "none" and self.quantize.bits is None and self.precision == "fp32" \
+            and self.runtime == "eager"
 
     def baseline(self) -> "Recipe":
-        """This recipe's reference: same model, batch size and device, nothing compressed."""
+        """This recipe's reference: same model, batch size and device, nothing compressed, eager."""
         return Recipe(model=self.model, device=self.device, batch_size=self.batch_size)
 
     def label(self) -> str:
@@ -203,6 +228,8 @@ class Recipe:
         if self.quantize.bits is not None:
             parts.append(f"int{self.quantize.bits} {self.quantize.scheme}")
         parts.append(self.precision)
+        if self.runtime != "eager":
+            parts.append(self.runtime)
         return " · ".join(parts)
 
 

@@ -62,6 +62,7 @@ class Result:
     engine_version: str = __version__
     measured_at: float | None = None  # seconds since the epoch
     wall_s: float | None = None
+    prepare_s: float | None = None  # building the runtime's artifact (ONNX export + quantization); never in latency
     error: str | None = None
 
     @property
@@ -90,7 +91,8 @@ class Result:
         return cls(**known)
 
 
-_NUMBERS = ("accuracy", "baseline_accuracy", "speedup", "speedup_spread", "energy_j", "wall_s", "measured_at")
+_NUMBERS = ("accuracy", "baseline_accuracy", "speedup", "speedup_spread", "energy_j", "wall_s", "measured_at",
+            "prepare_s")
 _INTEGERS = ("params_total", "params_nonzero", "param_bytes", "size_bytes", "baseline_size_bytes",
              "peak_memory_bytes", "threads")
 _TEXTS = ("model", "metric", "metric_kind", "memory_source", "energy_source", "energy_note", "profile",

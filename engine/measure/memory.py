@@ -58,9 +58,11 @@ def _reset_hwm() -> bool:
         return False
 
 
-def measure_run(model: nn.Module, run: Callable[[], object], device: str, calls: int = 3) -> Memory:
-    """Peak memory of running `run` a few times: model tensor bytes + measured peak growth of the pass."""
-    model_bytes = model_tensor_bytes(model)
+def measure_run(model: nn.Module | int, run: Callable[[], object], device: str, calls: int = 3,
+                held_as: str = "model tensor bytes") -> Memory:
+    """Peak memory of running `run` a few times: the bytes the model holds (its tensors, or the size given
+    for a runtime that holds its own copy) + measured peak growth of the pass."""
+    model_bytes = model if isinstance(model, int) else model_tensor_bytes(model)
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -69,7 +71,7 @@ def measure_run(model: nn.Module, run: Callable[[], object], device: str, calls:
             run()
         torch.cuda.synchronize()
         grow = max(0, torch.cuda.max_memory_allocated() - base)
-        return Memory(model_bytes + grow, model_bytes, grow, "measured:cuda-allocator-peak + model tensor bytes")
+        return Memory(model_bytes + grow, model_bytes, grow, f"measured:cuda-allocator-peak + {held_as}")
     proc = psutil.Process()
     if _reset_hwm():
         base = proc.memory_info().rss
@@ -78,7 +80,7 @@ def measure_run(model: nn.Module, run: Callable[[], object], device: str, calls:
         hwm = _read_hwm()
         if hwm is not None:
             grow = max(0, hwm - base)
-            return Memory(model_bytes + grow, model_bytes, grow, "measured:VmHWM growth during inference + model tensor bytes")
+            return Memory(model_bytes + grow, model_bytes, grow, f"measured:VmHWM growth during inference + {held_as}")
     base = proc.memory_info().rss
     peak = [base]
     stop = threading.Event()
@@ -95,4 +97,4 @@ def measure_run(model: nn.Module, run: Callable[[], object], device: str, calls:
     stop.set()
     t.join()
     grow = max(0, peak[0] - base)
-    return Memory(model_bytes + grow, model_bytes, grow, "measured:sampled RSS growth during inference + model tensor bytes")
+    return Memory(model_bytes + grow, model_bytes, grow, f"measured:sampled RSS growth during inference + {held_as}")

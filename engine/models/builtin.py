@@ -11,6 +11,7 @@ from engine.models.hf import load_model, load_tokenizer
 from engine.models.registry import ModelSpec, register_model
 
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_models"
+CALIBRATION_IMAGES = 256  # from the training split: enough for stable int8 activation ranges on 8x8 images
 
 
 def _digits_spec(name: str, description: str) -> ModelSpec:
@@ -38,6 +39,7 @@ def _digits_spec(name: str, description: str) -> ModelSpec:
         metric="top-1 accuracy on the held-out digits split (450 images)",
         build=build, example_inputs=example_inputs, eval_inputs=lambda: [digits_split()[2]], score=score,
         never_prune=("classifier",), finetune=_finetune_digits,
+        calibration_inputs=lambda: [digits_split()[0][:CALIBRATION_IMAGES]],
         preprocessing="8x8 grey-scale digit images as float in [0, 1] (scikit-learn digits pixel value / 16), "
                       "shape (batch, 1, 8, 8); output: 10 class logits",
     )

@@ -40,6 +40,9 @@ class ModelSpec:
     structured_setup: Callable[[nn.Module], tuple[dict[str, Any], Callable[[nn.Module, Any], None]]] | None = None
     # Optional: retrain in place for n epochs on the model's training data (after pruning).
     finetune: Callable[[nn.Module, int], None] | None = None
+    # Optional: inputs drawn from training data (never the evaluation data) to calibrate static int8 activation
+    # ranges; without them int8 uses dynamic activation quantization only.
+    calibration_inputs: Callable[[], list[Inputs]] | None = None
     # How to prepare raw inputs, for the bundle's model card.
     preprocessing: str = ""
 

@@ -21,7 +21,7 @@ from engine.core.errors import UserError
 from engine.core.recipe import Recipe
 from engine.core.result import Result
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3 added runtime and prepare_s (added in place to a version-2 file)
 PROFILE_RANK = {"quick": 0, "thorough": 1}
 
 # Flat columns, loadable straight into pandas; the full Result JSON is kept beside them.
@@ -29,7 +29,8 @@ COLUMNS: dict[str, str] = {
     "model": "TEXT NOT NULL", "recipe_key": "TEXT NOT NULL", "device_id": "TEXT NOT NULL",
     "engine_version": "TEXT NOT NULL", "label": "TEXT", "prune_method": "TEXT", "prune_amount": "REAL",
     "prune_scope": "TEXT", "bits": "INTEGER", "scheme": "TEXT", "granularity": "TEXT", "precision": "TEXT",
-    "device": "TEXT", "batch_size": "INTEGER", "accuracy": "REAL", "baseline_accuracy": "REAL",
+    "device": "TEXT", "batch_size": "INTEGER", "runtime": "TEXT NOT NULL DEFAULT 'eager'", "prepare_s": "REAL",
+    "accuracy": "REAL", "baseline_accuracy": "REAL",
     "metric_kind": "TEXT", "latency_p50_ms": "REAL", "latency_p90_ms": "REAL", "latency_p99_ms": "REAL",
     "latency_iqr_ratio": "REAL", "latency_noisy": "INTEGER", "latency_block_q25_ms": "REAL",
     "latency_block_q75_ms": "REAL", "latency_contended": "INTEGER", "foreign_cpu": "REAL",
@@ -54,6 +55,7 @@ def flatten(result: Result) -> dict[str, Any]:
         "prune_method": recipe.prune.method, "prune_amount": recipe.prune.amount, "prune_scope": recipe.prune.scope,
         "bits": recipe.quantize.bits, "scheme": recipe.quantize.scheme, "granularity": recipe.quantize.granularity,
         "precision": recipe.precision, "device": recipe.device, "batch_size": recipe.batch_size,
+        "runtime": recipe.runtime, "prepare_s": result.prepare_s,
         "accuracy": result.accuracy, "baseline_accuracy": result.baseline_accuracy, "metric_kind": result.metric_kind,
         "latency_p50_ms": lat.get("p50"), "latency_p90_ms": lat.get("p90"), "latency_p99_ms": lat.get("p99"),
         "latency_iqr_ratio": lat.get("iqr_ratio"), "latency_noisy": int(bool(lat.get("noisy"))) if lat else None,
@@ -162,12 +164,15 @@ class Store:
         with self._tx():
             self.conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             version = self._version()
-            if version not in (None, 1, SCHEMA_VERSION):
+            if version not in (None, 1, 2, SCHEMA_VERSION):
                 raise UserError(f"{self.path} has schema version {version}; this engine reads "
-                                f"{SCHEMA_VERSION} (and upgrades 1)")
+                                f"{SCHEMA_VERSION} (and upgrades 1 and 2)")
             if version == 1:
                 self._upgrade_v1(create)
             self.conn.execute(create)
+            have = {r[1] for r in self.conn.execute("PRAGMA table_info(results)")}
+            for name in COLUMNS.keys() - have:  # version 2: columns added since; defaults describe older rows
+                self.conn.execute(f"ALTER TABLE results ADD COLUMN {name} {COLUMNS[name]}")
             self.conn.execute("CREATE INDEX IF NOT EXISTS results_by_model ON results (model, device_id)")
             self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 from engine.core.errors import RecipeError, UserError
-from engine.core.recipe import DEVICES, PRECISIONS, PRUNE_METHODS, SCHEMES, Prune, Quantize, Recipe
+from engine.core.recipe import DEVICES, PRECISIONS, PRUNE_METHODS, RUNTIMES, SCHEMES, Prune, Quantize, Recipe
 from engine.core.result import Result
 from engine.measure.fingerprint import fingerprint
 from engine.measure.run import run_recipe
@@ -39,7 +39,8 @@ def _one_of(name: str, allowed: tuple) -> Callable[[object], None]:
 def expand_grid(model: str, prune: Iterable[float] = (0.0,), methods: Iterable[str] = ("magnitude",),
                 bits: Iterable[int | None] = (None,), precisions: Iterable[str] = ("fp32",),
                 schemes: Iterable[str] | None = None, granularity: str = "per-channel", group_size: int = 32,
-                device: str = "cpu", batch_size: int = 1, finetune_epochs: int = 0) -> tuple[list[Recipe], list[str]]:
+                device: str = "cpu", batch_size: int | Iterable[int] = 1, finetune_epochs: int = 0,
+                runtimes: Iterable[str] = ("eager",)) -> tuple[list[Recipe], list[str]]:
     """All distinct valid recipes of the grid (the uncompressed baseline first), and why combinations were skipped.
 
     Every value of every axis is checked on its own first: a bad value (`--prune 1.5`) is a RecipeError,
@@ -48,21 +49,25 @@ def expand_grid(model: str, prune: Iterable[float] = (0.0,), methods: Iterable[s
     methods = _axis("prune method", methods, _one_of("prune.method", tuple(m for m in PRUNE_METHODS if m != "none")))
     bits = _axis("bits", bits, lambda b: Quantize(bits=b))
     precisions = _axis("precision", precisions, _one_of("precision", PRECISIONS))
+    runtimes = _axis("runtime", runtimes, _one_of("runtime", RUNTIMES))
     if schemes is not None:
         schemes = _axis("scheme", schemes, _one_of("quantize.scheme", SCHEMES))
     Quantize(8, "weight-only", granularity, group_size)
     _one_of("device", DEVICES)(device)
-    Recipe(model=model, device=device, batch_size=batch_size, prune=Prune("magnitude", 0.5,
-                                                                          finetune_epochs=finetune_epochs))
+    batches = _axis("batch size", [batch_size] if isinstance(batch_size, int) else batch_size,
+                    lambda n: Recipe(model=model, batch_size=n))
+    Recipe(model=model, device=device, prune=Prune("magnitude", 0.5, finetune_epochs=finetune_epochs))
     recipes: dict[str, Recipe] = {}
     skipped: list[str] = []
-    base = Recipe(model=model, device=device, batch_size=batch_size)
-    recipes[base.key] = base
-    for amount, method, b, prec, scheme in itertools.product(prune, methods, bits, precisions, schemes or [None]):
+    for n in batches:  # each batch size's baseline first: the reference of that batch size's speed-ups
+        base = Recipe(model=model, device=device, batch_size=n)
+        recipes[base.key] = base
+    for batch, runtime, amount, method, b, prec, scheme in itertools.product(
+            batches, runtimes, prune, methods, bits, precisions, schemes or [None]):
         try:
             r = Recipe.from_fields(model, prune=amount, prune_method=method, finetune_epochs=finetune_epochs,
                                    bits=b, scheme=scheme, granularity=granularity, group_size=group_size,
-                                   precision=prec, device=device, batch_size=batch_size)
+                                   precision=prec, device=device, batch_size=batch, runtime=runtime)
         except RecipeError as exc:
             skipped.append(str(exc))
             continue

@@ -1,0 +1,1 @@
+"""Runtimes a compressed model can be measured and shipped in, beside eager PyTorch."""

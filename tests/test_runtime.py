@@ -1,0 +1,128 @@
+"""Runtimes: a recipe measured in ONNX Runtime is measured on the artifact that ships, with the same keys as eager."""
+import hashlib
+import json
+import sqlite3
+
+import pytest
+
+from engine import api
+from engine.cli import main
+from engine.core.errors import RecipeError
+from engine.core.recipe import Prune, Quantize, Recipe
+from engine.measure.run import run_recipe
+from engine.results.store import Store
+from engine.results.sweep import expand_grid
+
+
+def test_runtime_defaults_to_eager_and_old_recipes_keep_their_key():
+    v1 = {"recipe_version": 1, "model": "digits-cnn", "prune": {"method": "none", "amount": 0.0, "scope": "global",
+          "finetune_epochs": 0}, "quantize": {"bits": None, "scheme": "weight-only", "granularity": "per-channel",
+                                              "group_size": 32}, "precision": "fp32", "device": "cpu", "batch_size": 1}
+    text = json.dumps(v1, sort_keys=True, separators=(",", ":"))
+    recipe = Recipe.from_dict(v1)
+    assert recipe.runtime == "eager"
+    assert recipe.key == hashlib.sha256(text.encode()).hexdigest()[:16]  # stores written before runtimes still match
+    ort = recipe.with_(runtime="onnxruntime")
+    assert ort.key != recipe.key and Recipe.from_json(ort.to_json()) == ort
+    assert "onnxruntime" in ort.label() and not ort.is_baseline and ort.baseline() == recipe
+
+
+@pytest.mark.parametrize("data, match", [
+    ({"model": "m", "runtime": "tensorrt"}, "runtime"),
+    ({"model": "m", "runtime": "onnxruntime", "device": "cuda"}, "CPU provider"),
+    ({"model": "m", "recipe_version": 1, "runtime": "eager"}, "recipe_version 2"),
+])
+def test_bad_runtimes_are_refused(data, match):
+    with pytest.raises(RecipeError, match=match):
+        Recipe.from_dict(data)
+
+
+def test_runtime_is_a_sweep_axis():
+    recipes, _ = expand_grid("digits-mlp", bits=[None, 8], runtimes=["eager", "onnxruntime"])
+    assert {(r.runtime, r.quantize.bits) for r in recipes} == {("eager", None), ("eager", 8), ("onnxruntime", None),
+                                                              ("onnxruntime", 8)}
+    with pytest.raises(RecipeError, match="runtime"):
+        expand_grid("digits-mlp", runtimes=["eager", "bogus"])
+
+
+def test_sweep_refuses_a_bad_runtime(tmp_path, capsys):
+    assert main(["sweep", "--model", "digits-mlp", "--runtime", "eager,bogus", "--db", str(tmp_path / "r.db")]) == 2
+    assert "runtime" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def cnn_int8():
+    return run_recipe(Recipe(model="digits-cnn", batch_size=8, quantize=Quantize(8, "dynamic"), runtime="onnxruntime"))
+
+
+def test_onnxruntime_int8_runs_real_integer_convolutions(cnn_int8):
+    r = cnn_int8
+    assert r.error is None
+    ran = [k for k in r.kernels if k.step == "onnxruntime"]
+    assert ran and "QLinearConv" in ran[0].kernel and not r.simulated  # read from the optimized graph
+    assert r.accuracy >= r.baseline_accuracy - 0.02
+    assert r.prepare_s is not None and r.prepare_s > 0  # export time is recorded beside, not inside, the latency
+    assert r.size_bytes < r.baseline_size_bytes / 2  # the int8 ONNX file is what ships
+
+
+def test_onnxruntime_rows_carry_the_same_keys_as_eager(cnn_int8, tmp_path):
+    eager = run_recipe(Recipe(model="digits-cnn", batch_size=8, quantize=Quantize(8, "dynamic")))
+    assert cnn_int8.to_dict().keys() == eager.to_dict().keys()
+    assert cnn_int8.latency_ms.keys() == eager.latency_ms.keys()
+    assert cnn_int8.speedup is not None and cnn_int8.speedup > 0
+    with Store(tmp_path / "r.db") as store:
+        store.put(eager)
+        store.put(cnn_int8)
+        rows, damaged = store.rows("digits-cnn")
+    assert damaged == 0 and {r["runtime"] for r in rows} == {"eager", "onnxruntime"}
+
+
+def test_sub8_bit_weight_only_is_flagged_simulated_in_onnxruntime():
+    r = run_recipe(Recipe(model="digits-mlp", quantize=Quantize(4, "weight-only"), runtime="onnxruntime"))
+    assert r.error is None and r.simulated
+    assert any("grid values" in w for w in r.warnings)
+
+
+def test_a_version_2_store_is_upgraded_in_place(tmp_path):
+    path = tmp_path / "r.db"
+    with Store(path) as store:
+        store.put(run_recipe(Recipe(model="digits-mlp")))
+    conn = sqlite3.connect(path)
+    conn.execute("ALTER TABLE results DROP COLUMN runtime")
+    conn.execute("ALTER TABLE results DROP COLUMN prepare_s")
+    conn.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+    conn.commit()
+    conn.close()
+    with Store(path) as store:
+        rows, damaged = store.rows()
+    assert damaged == 0 and [r["runtime"] for r in rows] == ["eager"]
+
+
+def test_an_onnxruntime_bundle_ships_and_verifies_the_measured_model(tmp_path):
+    recipe = Recipe(model="digits-mlp", quantize=Quantize(8, "dynamic"), runtime="onnxruntime")
+    out = api.export(tmp_path / "b", recipe=recipe, profile="quick")
+    assert abs(out["onnx_accuracy"] - out["accuracy"]) <= 0.005
+    record = json.loads((tmp_path / "b" / "recipe.json").read_text())
+    assert record["verification"]["primary"] == "model.onnx"
+    assert record["metrics"]["size_bytes"] == (tmp_path / "b" / "model.onnx").stat().st_size
+    assert "Measured and verified in onnxruntime" in (tmp_path / "b" / "README.md").read_text()
+    checked = api.apply_bundle(tmp_path / "b")
+    assert checked["error"] is None and all(c["ok"] for c in checked["checks"])
+
+
+def test_structured_pruning_shrinks_the_onnx_model():
+    r = run_recipe(Recipe(model="digits-mlp", prune=Prune("structured", 0.5), runtime="onnxruntime"))
+    assert r.error is None and r.size_bytes < r.baseline_size_bytes * 0.7
+
+
+def test_batch_sizes_are_a_sweep_axis_and_never_compete(tmp_path):
+    recipes, _ = expand_grid("digits-mlp", bits=[None, 8], batch_size=[1, 4])
+    assert {(r.batch_size, r.quantize.bits) for r in recipes} == {(1, None), (1, 8), (4, None), (4, 8)}
+    db = tmp_path / "r.db"
+    assert main(["sweep", "--model", "digits-mlp", "--bits", "none,8", "--batch-size", "1,4", "--profile", "quick",
+                 "--db", str(db)]) == 0
+    out = api.frontier("digits-mlp", db, "accuracy:max,latency:min", include_untrusted=True, batch_size=4)
+    assert out["batch_sizes"] == [1, 4] and {r["batch_size"] for r in out["frontier"]} == {4}
+    from engine.figures import batch_figure
+    fig = batch_figure(api.model_rows("digits-mlp", db, ["accuracy", "latency"])["all_rows"])
+    assert any(len(t.x) == 2 for t in fig.data)  # the int8 configuration, at both batch sizes
