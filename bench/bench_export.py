@@ -52,8 +52,9 @@ def main() -> None:
             lines.append(f"| {model} | {batch} | {name} | {eng:.3f} | {ort.latency['p50']:.3f} | "
                          f"{ort.latency['p50'] / eng:.2f} | {result.accuracy:.4f} / {summary['onnx_accuracy']:.4f} |")
             print(lines[-1], flush=True)
-    lines += ["", "Both run with the same number of intra-op threads; int8 in ONNX Runtime is ONNX Runtime's dynamic "
-              "quantization (MatMulInteger/ConvInteger), the engine's is torch.ao's fbgemm/x86 kernel (Linear only)."]
+    lines += ["", "Both run with the same number of intra-op threads; int8 in ONNX Runtime is ONNX Runtime's own "
+              "quantizer (static QDQ, QLinearConv, for convolution models; dynamic MatMulInteger otherwise), the "
+              "engine's is torch.ao's fbgemm/x86 kernel (Linear only, full-range activations)."]
     Path(args.out).write_text("\n".join(lines) + "\n")
 
 

@@ -251,7 +251,8 @@ def _timing(used: list[Pair], pairs: list[Pair], profile: Profile, threads: int,
         block_p50_q25=float(np.percentile(block_medians, 25)), block_p50_q75=float(np.percentile(block_medians, 75)),
         contention_threshold_cores=interference.OVERLAP_THRESHOLD)
     ratios = [p.ratio for p in used if p.ratio is not None]
-    if not ratios:
+    if not ratios:  # the baseline itself: no pair to compare with (the key stays, so every row has the same keys)
+        lat["baseline_p50"] = None
         return Timing(lat, None, None, used)
     lat["baseline_p50"] = float(np.median([s for p in used for s in p.baseline.samples_ns]) / 1e6)
     q25, med, q75 = np.percentile(ratios, [25, 50, 75])
