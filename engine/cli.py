@@ -26,6 +26,7 @@ EXIT_USAGE = 2
 DEFAULT_DB = "results.db"
 
 
+# Flag parsers raise ArgumentTypeError: argparse shows its message (any other error becomes "invalid <name> value").
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2 (argparse prints the whole usage)
         raise UserError(f"{self.prog}: {message}")
@@ -37,23 +38,22 @@ def _bits(text: str) -> int | None:
     try:
         return int(text)
     except ValueError:
-        raise UserError(f"--bits={text[:40]!r} is not allowed: choose none or an integer {BITS[0]} to {BITS[-1]}") from None
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not allowed: choose none or an integer {BITS[0]} to "
+                                         f"{BITS[-1]}") from None
 
 
 def _amount(text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise UserError(f"--prune={text[:40]!r} is not a number: allowed 0 to 0.99") from None
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number: allowed 0 to 0.99") from None
 
 
-def _int(name: str):
-    def parse(text: str) -> int:
-        try:
-            return int(text)
-        except ValueError:
-            raise UserError(f"{name}={text[:40]!r} is not an integer") from None
-    return parse
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an integer") from None
 
 
 def _list(parse):
@@ -67,16 +67,16 @@ def add_recipe_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--prune", type=_amount, default=0.0, help="fraction of weights/channels to remove, 0-0.99")
     p.add_argument("--prune-method", default="magnitude", help=f"one of {', '.join(PRUNE_METHODS[1:])}")
     p.add_argument("--prune-scope", default="global", help=f"one of {', '.join(PRUNE_SCOPES)}")
-    p.add_argument("--finetune-epochs", type=_int("--finetune-epochs"), default=0,
+    p.add_argument("--finetune-epochs", type=_int, default=0,
                    help="retrain this many epochs after pruning")
     p.add_argument("--bits", type=_bits, default=None, help=f"none or {BITS[0]}-{BITS[-1]}")
     p.add_argument("--scheme", default=None, help="weight-only or dynamic (default: dynamic, a real int8 kernel, "
                                                   "at fp32 on cpu; weight-only otherwise)")
     p.add_argument("--granularity", default="per-channel", help="per-channel or per-group")
-    p.add_argument("--group-size", type=_int("--group-size"), default=32)
+    p.add_argument("--group-size", type=_int, default=32)
     p.add_argument("--precision", default="fp32", help=f"one of {', '.join(PRECISIONS)}")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--batch-size", type=_int("--batch-size"), default=1)
+    p.add_argument("--batch-size", type=_int, default=1)
     p.add_argument("--runtime", default="eager", help=f"one of {', '.join(RUNTIMES)}")
 
 
@@ -101,26 +101,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="apply one recipe and measure it")
     add_recipe_args(p)
     p.add_argument("--profile", default="quick", help="quick or thorough")
-    p.add_argument("--threads", type=_int("--threads"), default=None, help="intra-op threads (default: physical cores)")
+    p.add_argument("--threads", type=_int, default=None, help="intra-op threads (default: physical cores)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("sweep", help="measure a grid of recipes into a results store (resumable)")
     p.add_argument("--model", required=True)
     p.add_argument("--prune", type=_list(_amount), default=[0.0], help="comma-separated amounts, e.g. 0,0.3,0.6,0.9")
     p.add_argument("--prune-method", type=_list(str), default=["magnitude"], help="magnitude,structured")
-    p.add_argument("--finetune-epochs", type=_int("--finetune-epochs"), default=0,
+    p.add_argument("--finetune-epochs", type=_int, default=0,
                    help="retrain pruned configurations this many epochs")
     p.add_argument("--bits", type=_list(_bits), default=[None], help="e.g. none,8,4")
     p.add_argument("--precision", type=_list(str), default=["fp32"], help="e.g. fp32,bf16")
     p.add_argument("--scheme", type=_list(str), default=None, help="default: the fastest real path per precision")
     p.add_argument("--granularity", default="per-channel")
-    p.add_argument("--group-size", type=_int("--group-size"), default=32)
+    p.add_argument("--group-size", type=_int, default=32)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=_list(_int("--batch-size")), default=[1], help="e.g. 1,8,64")
+    p.add_argument("--batch-size", type=_list(_int), default=[1], help="e.g. 1,8,64")
     p.add_argument("--runtime", type=_list(str), default=["eager"], help=f"e.g. {','.join(RUNTIMES)}")
     p.add_argument("--db", default=DEFAULT_DB, help=f"SQLite results file (default {DEFAULT_DB})")
     p.add_argument("--profile", default="thorough", help="quick or thorough")
-    p.add_argument("--threads", type=_int("--threads"), default=None)
+    p.add_argument("--threads", type=_int, default=None)
     p.add_argument("--retry-failed", action="store_true", help="measure failed configurations again")
     p.add_argument("--remeasure-contended", action="store_true",
                    help="measure again the configurations stored as contended (or by an older engine)")
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="2-3 of accuracy,latency,size,memory,energy,params,speedup")
     p.add_argument("--min-accuracy", default=None, help="absolute (0.95) or relative to baseline (0.99x)")
     p.add_argument("--all-devices", action="store_true", help="include rows measured on other machines")
-    p.add_argument("--batch-size", type=_int("--batch-size"), default=None,
+    p.add_argument("--batch-size", type=_int, default=None,
                    help="the batch size whose rows compete (default: the smallest stored)")
     p.add_argument("--include-contended", action="store_true",
                    help="let rows measured on a busy machine compete (they are left out by default)")
@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="bundle folder to create")
     p.add_argument("--force", action="store_true", help="replace --out if it is a bundle written by this tool")
     p.add_argument("--db", default=None, help="results store: with --id, export that stored row")
-    p.add_argument("--id", type=_int("--id"), default=None, help="row id from `results` / the dashboard")
+    p.add_argument("--id", type=_int, default=None, help="row id from `results` / the dashboard")
     add_recipe_args(p, required=False)
     p.add_argument("--profile", default="thorough", help="quick or thorough")
     p.add_argument("--json", action="store_true")

@@ -244,3 +244,13 @@ def test_a_broken_model_folder_is_one_line_and_does_not_hide_the_others(tmp_path
                           text=True, timeout=120, env=env)
     models = {m["name"]: m for m in json.loads(proc.stdout)["models"]}
     assert proc.returncode == 0 and models["digits-cnn"]["available"] and not models["minilm"]["available"]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["sweep", "--model", "digits-mlp", "--prune", "0,abc"], "'abc' is not a number"),
+    (["sweep", "--model", "digits-mlp", "--batch-size", "1,x"], "'x' is not an integer"),
+    (["run", "--model", "digits-mlp", "--bits", "nine"], "'nine' is not allowed"),
+])
+def test_a_bad_flag_value_is_named_in_the_error(args, says, tmp_path, capsys):
+    assert main(args + (["--db", str(tmp_path / "r.db")] if args[0] == "sweep" else [])) == 2
+    assert says in capsys.readouterr().err
