@@ -19,7 +19,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from engine.core.recipe import Prune, Quantize, Recipe  # noqa: E402
-from engine.measure.fingerprint import fingerprint  # noqa: E402
+from bench import machine_line  # noqa: E402
 from engine.measure.run import default_threads, run_recipe  # noqa: E402
 
 CASES = [
@@ -41,7 +41,6 @@ def main() -> None:
     parser.add_argument("--profile", default="thorough", choices=["quick", "thorough"])
     parser.add_argument("--out", default=str(Path(__file__).with_name("RESULTS-contention.md")))
     args = parser.parse_args()
-    fp = fingerprint()
     for _, _, _, recipe in CASES:  # load models and references before any timing
         run_recipe(recipe, profile="quick")
     # (busy processes, threads asked for): quiet twice (the floor: how much two quiet runs differ), quiet at
@@ -63,9 +62,7 @@ def main() -> None:
                 p.kill()
                 p.wait()
     lines = ["# Numbers under load: quiet, beside one and beside two busy processes", "",
-             f"Machine: {fp['cpu']}, {fp['logical_cores']} logical cores, flags {', '.join(fp['cpu_flags']) or 'none'}; "
-             f"torch {fp['torch']}. `python -m bench.bench_contention --profile {args.profile}` on "
-             f"{time.strftime('%Y-%m-%d')}. Busy processes are `while True: pass`, started by the benchmark. "
+             machine_line(f"bench.bench_contention --profile {args.profile}") + " Busy processes are `while True: pass`, started by the benchmark. "
              f"{requested} threads asked for in every run except 'quiet, 1 thread'.", "",
              "| model | batch | recipe | load | p50 ms | calls | threads used | speed-up (paired) | spread | contended | "
              "foreign CPU (cores) | CPU pressure | blocks disturbed |",

@@ -16,6 +16,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from engine.core.recipe import Prune, Quantize, Recipe  # noqa: E402
+from bench import machine_line  # noqa: E402
 from engine.measure.fingerprint import fingerprint  # noqa: E402
 from engine.measure.run import run_recipe as measure  # noqa: E402
 from engine.results.store import Store  # noqa: E402
@@ -99,11 +100,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(Path(__file__).with_name("RESULTS-engine.md")))
     args = parser.parse_args()
-    fp = fingerprint()
     lines = ["# Engine benchmark results", "",
-             f"Machine: {fp['cpu']}, {fp['logical_cores']} logical cores, flags {', '.join(fp['cpu_flags'])}; "
-             f"torch {fp['torch']}; GPU: {fp['gpu'] or 'none'}. Written by `python -m bench.bench_engine` on "
-             f"{time.strftime('%Y-%m-%d')}.", ""]
+             machine_line("bench.bench_engine"), ""]
     for part in (interactive, sweep, side_by_side):
         part(lines)
         print("\n".join(lines[-14:]), flush=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -19,7 +18,7 @@ import torch  # noqa: E402
 from engine.bundle.bundle import write_bundle  # noqa: E402
 from engine.runtimes.onnx import onnx_feed, onnx_session  # noqa: E402
 from engine.core.recipe import Quantize, Recipe  # noqa: E402
-from engine.measure.fingerprint import fingerprint  # noqa: E402
+from bench import machine_line  # noqa: E402
 from engine.measure.latency import PROFILES, time_paired  # noqa: E402
 from engine.measure.run import default_threads, run_recipe as measure  # noqa: E402
 from engine.models import get_spec  # noqa: E402
@@ -30,10 +29,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).with_name("RESULTS-export.md")))
     args = parser.parse_args()
     torch.set_num_threads(default_threads())
-    fp = fingerprint()
     lines = ["# Export benchmark: ONNX Runtime vs the engine, same recipe, same machine", "",
-             f"Machine: {fp['cpu']}, {fp['logical_cores']} logical cores; torch {fp['torch']}; "
-             f"{time.strftime('%Y-%m-%d')}. `python -m bench.bench_export`.", "",
+             machine_line("bench.bench_export"), "",
              "| model | batch | recipe | engine p50 ms | ONNX Runtime p50 ms | ORT / engine | accuracy engine / ORT |",
              "|---|---|---|---|---|---|---|"]
     for model, batch in (("digits-cnn", 1), ("digits-cnn", 64), ("minilm", 1), ("minilm", 16)):

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from engine.core.recipe import RUNTIMES, Prune, Quantize, Recipe  # noqa: E402
-from engine.measure.fingerprint import fingerprint  # noqa: E402
+from bench import machine_line  # noqa: E402
 from engine.measure.run import run_recipe  # noqa: E402
 
 CASES = [("digits-cnn", (1, 64)), ("minilm", (1, 16))]
@@ -33,11 +32,8 @@ def main() -> None:
     parser.add_argument("--profile", default="thorough", choices=["quick", "thorough"])
     parser.add_argument("--out", default=str(Path(__file__).with_name("RESULTS-runtime.md")))
     args = parser.parse_args()
-    fp = fingerprint()
     lines = ["# Runtimes: eager PyTorch and ONNX Runtime, same recipes, same threads", "",
-             f"Machine: {fp['cpu']}, {fp['logical_cores']} logical cores, flags {', '.join(fp['cpu_flags']) or 'none'}; "
-             f"torch {fp['torch']}. `python -m bench.bench_runtime --profile {args.profile}` on "
-             f"{time.strftime('%Y-%m-%d')}. Speed-up: paired against eager fp32 at the same batch size; size: what "
+             machine_line(f"bench.bench_runtime --profile {args.profile}") + " Speed-up: paired against eager fp32 at the same batch size; size: what "
              "the runtime loads (the compressed storage for eager, model.onnx for ONNX Runtime).", "",
              "| model | batch | recipe | runtime | p50 ms | speed-up vs eager fp32 | spread | accuracy / fidelity | "
              "size KiB | simulated | contended | kernels | export s |",

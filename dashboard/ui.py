@@ -82,8 +82,10 @@ def metric_cards(r: Result, base: Result | None) -> None:
                      f"{lat.get('foreign_cpu', 0):.2f} cores meanwhile.")
     c[2].metric("Stored size", fmt_bytes(r.size_bytes), _pct(r.size_bytes, r.baseline_size_bytes),
                 delta_color="inverse",
-                help="Bytes of the compressed storage format: packed b-bit codes + scales, sparse tensors as "
-                     f"bitmap + values, DEFLATE where it helps. {r.params_nonzero:,} non-zero of "
+                help=("Bytes of model.onnx, the file ONNX Runtime loads (measured in that runtime). "
+                      if r.recipe.get("runtime") == "onnxruntime" else
+                      "Bytes of the compressed storage format: packed b-bit codes + scales, sparse tensors as "
+                      "bitmap + values, DEFLATE where it helps. ") + f"{r.params_nonzero:,} non-zero of "
                      f"{r.params_total:,} parameters.")
     c[3].metric("Peak memory", fmt_bytes(r.peak_memory_bytes),
                 _pct(r.peak_memory_bytes, b.peak_memory_bytes if b else None), delta_color="inverse",

@@ -30,12 +30,16 @@ if x_obj == y_obj:
     st.stop()
 objectives = [x_obj, y_obj] + ([third] if third != "none" else [])
 with ui.guard("Could not read the results"):
-    sizes = api.model_rows(model, db, objectives)["batch_sizes"]
-    batch = st.selectbox("Batch size", sizes, key="front_batch",
-                         help="Latencies of different batch sizes never compete: one frontier per batch size.") \
-        if len(sizes) > 1 else None
+    # One read: the batch size chosen on the previous run (the widget below shows the sizes this read found).
     data = api.model_rows(model, db, objectives, f"{min_acc}x" if min_acc > 0 else None, include_untrusted=include,
-                          batch_size=batch)
+                          batch_size=st.session_state.get("front_batch"))
+    if data["batch_size"] not in data["batch_sizes"] and data["batch_sizes"]:  # chosen for another model
+        st.session_state.pop("front_batch", None)
+        data = api.model_rows(model, db, objectives, f"{min_acc}x" if min_acc > 0 else None,
+                              include_untrusted=include)
+if len(data["batch_sizes"]) > 1:
+    st.selectbox("Batch size", data["batch_sizes"], key="front_batch",
+                 help="Latencies of different batch sizes never compete: one frontier per batch size.")
 rows = data["rows"]
 if data["damaged"]:
     st.warning(f"{data['damaged']} damaged row(s) in the results store were skipped.")
