@@ -126,3 +126,8 @@ def test_batch_sizes_are_a_sweep_axis_and_never_compete(tmp_path):
     from engine.figures import batch_figure
     fig = batch_figure(api.model_rows("digits-mlp", db, ["accuracy", "latency"])["all_rows"])
     assert any(len(t.x) == 2 for t in fig.data)  # the int8 configuration, at both batch sizes
+
+
+def test_a_re_measurement_reuses_the_artifact_and_reports_the_same_kernels(cnn_int8):
+    again = run_recipe(Recipe(model="digits-cnn", batch_size=8, quantize=Quantize(8, "dynamic"), runtime="onnxruntime"))
+    assert again.error is None and again.kernels == cnn_int8.kernels and again.prepare_s == cnn_int8.prepare_s

@@ -160,9 +160,11 @@ def _run_onnxruntime(applied: Applied, recipe: Recipe, spec: ModelSpec, profile:
         path, optimized = Path(tmp) / "model.onnx", Path(tmp) / "optimized.onnx"
         blob, info, result.prepare_s = _onnx_artifact(applied, recipe, spec)
         path.write_bytes(blob)
-        session = onnx_session(path, threads=threads, optimized=optimized)
-        result.kernels = [k for k in applied.kernels if k.step == "prune"] + graph_kernels(path, optimized, info,
-                                                                                          recipe.precision)
+        first = "kernels" not in info  # the optimized graph is read once per artifact, then kept with it
+        session = onnx_session(path, threads=threads, optimized=optimized if first else None)
+        if first:
+            info["kernels"] = graph_kernels(path, optimized, info, recipe.precision)
+        result.kernels = [k for k in applied.kernels if k.step == "prune"] + info["kernels"]
     result.warnings = list(info["notes"])  # the eager kernel notes do not apply to this runtime
     if recipe.prune.method == "magnitude":
         result.warnings.append("ONNX Runtime runs the pruned weights densely: the zeros give no speed-up and the "
