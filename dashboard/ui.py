@@ -109,7 +109,9 @@ def provenance(r: Result) -> None:
         d = r.device
         st.caption(f"{d.get('cpu')} · {d.get('logical_cores')} cores · flags {', '.join(d.get('cpu_flags', []))} · "
                    f"GPU {d.get('gpu') or 'none'} · torch {d.get('torch')} · profile {r.profile} · "
-                   f"measured in {r.wall_s or 0:.2f} s")
+                   f"measured in {r.wall_s or 0:.2f} s"
+                   + (f" · ONNX export and quantization {r.prepare_s:.1f} s (not in the latency)"
+                      if r.prepare_s is not None else ""))
 
 
 def start_background(name: str, recipes, db: str, profile: str = "quick", remeasure: bool = False) -> int | None:
