@@ -54,7 +54,7 @@ def main() -> None:
         procs = busy(load)
         try:
             for i, (_, _, _, recipe) in enumerate(CASES):
-                r = results[(i, name)] = run_recipe(recipe, profile=args.profile, threads=threads)
+                r = results[(i, name)] = run_recipe(recipe.with_(threads=threads), profile=args.profile)
                 print(f"{name}: {recipe.model} {recipe.label()}: p50 {r.latency_ms['p50']:.3f} ms, speed-up "
                       f"{r.speedup:.2f}, threads {r.threads}, contended {r.latency_ms['contended']}", flush=True)
         finally:

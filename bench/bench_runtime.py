@@ -1,4 +1,4 @@
-"""Runtimes side by side: the same recipes measured in eager PyTorch and in ONNX Runtime.
+"""Runtimes side by side: the same recipes measured in eager PyTorch, through torch.compile and in ONNX Runtime.
 
     python -m bench.bench_runtime [--profile quick|thorough] [--out bench/RESULTS-runtime.md]
 
@@ -32,11 +32,12 @@ def main() -> None:
     parser.add_argument("--profile", default="thorough", choices=["quick", "thorough"])
     parser.add_argument("--out", default=str(Path(__file__).with_name("RESULTS-runtime.md")))
     args = parser.parse_args()
-    lines = ["# Runtimes: eager PyTorch and ONNX Runtime, same recipes, same threads", "",
+    lines = ["# Runtimes: eager PyTorch, torch.compile and ONNX Runtime, same recipes, same threads", "",
              machine_line(f"bench.bench_runtime --profile {args.profile}") + " Speed-up: paired against eager fp32 at the same batch size; size: what "
-             "the runtime loads (the compressed storage for eager, model.onnx for ONNX Runtime).", "",
+             "the runtime loads (the compressed storage for eager and compile, model.onnx for ONNX Runtime); prepare s: "
+             "exporting (ONNX) or compiling (torch.compile), never inside the latency.", "",
              "| model | batch | recipe | runtime | p50 ms | speed-up vs eager fp32 | spread | accuracy / fidelity | "
-             "size KiB | simulated | contended | kernels | export s |",
+             "size KiB | simulated | contended | kernels | prepare s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     results = {}
     for model, batches in CASES:
@@ -49,7 +50,7 @@ def main() -> None:
                         lines.append(f"| {model} | {batch} | {name} | {runtime} | failed: {r.error[:80]} "
                                      "| | | | | | | | |")
                         continue
-                    kernels = "; ".join(k.kernel for k in r.kernels if k.step in ("quantize", "onnxruntime", "precision"))
+                    kernels = "; ".join(k.kernel for k in r.kernels if k.step in ("quantize", "onnxruntime", "compile", "precision"))
                     lines.append(f"| {model} | {batch} | {name} | {runtime} | {r.latency_ms['p50']:.3f} | "
                                  f"{r.speedup:.2f}x | {r.speedup_spread:.0%} | {r.accuracy:.4f} | "
                                  f"{r.size_bytes / 1024:.0f} | {'yes' if r.simulated else 'no'} | "

@@ -30,6 +30,7 @@ PAGES = {
     "sweep": st.Page("app_pages/sweep.py", title="Sweep"),
     "learn": st.Page("app_pages/learn.py", title="Learn"),
     "export": st.Page("app_pages/export.py", title="Export"),
+    "workshop": st.Page("app_pages/workshop.py", title="Workshop"),
 }
 st.session_state["_pages"] = PAGES
 

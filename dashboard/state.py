@@ -60,6 +60,12 @@ def request_load(recipe: Recipe) -> None:
     st.session_state["_load"] = recipe.to_dict()
 
 
+def reset() -> None:
+    """The controls back to the uncompressed model (same model and device)."""
+    s = st.session_state
+    request_load(Recipe(model=s["model"], device=s["device"]))
+
+
 def _apply(recipe: Recipe) -> None:
     s = st.session_state
     s["model"] = recipe.model

@@ -1,6 +1,7 @@
 """Shared page pieces: error messages, metric cards, provenance, background jobs and the live chart."""
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -10,8 +11,10 @@ import streamlit as st
 from dashboard import charts, state
 from engine import api
 from engine.core.errors import UserError
+from engine.core.recipe import Recipe
 from engine.core.result import Result
 from engine.core.units import fmt_bytes, fmt_energy, fmt_ms, fmt_speedup
+from engine.runtimes import PREPARE
 from engine.results.pareto import OBJECTIVES
 
 
@@ -22,11 +25,32 @@ STYLE = """<style>
 [data-testid="stHorizontalBlock"] > [data-testid="stColumn"] { min-width: min(9.5rem, 100%); }
 [data-testid="stMetricValue"] { font-size: 1.6rem; }
 [data-testid="stStatusWidget"] { visibility: hidden; }
+[data-testid="stElementContainer"]:has(iframe[srcdoc*="stSidebarCollapseButton"]) { display: none; }
 </style>"""
+
+
+NARROW_PX = 1000
+# Streamlit collapses its sidebar only below phone widths; a laptop window of 800-1000 px keeps it open over
+# half the page. This closes it once per session on such a window (the `>` button opens it again). Written by
+# hand because Streamlit has no setting for the width at which the sidebar starts collapsed.
+COLLAPSE = f"""<script>
+const doc = window.parent.document;
+function collapse(tries) {{
+  if (window.parent.innerWidth >= {NARROW_PX}) return;
+  const bar = doc.querySelector('[data-testid="stSidebar"]');
+  const button = doc.querySelector('[data-testid="stSidebarCollapseButton"] button');
+  if (bar && button && bar.getBoundingClientRect().width > 100) button.click();
+  else if (tries > 0) setTimeout(() => collapse(tries - 1), 200);
+}}
+collapse(25);
+</script>"""
 
 
 def style() -> None:
     st.html(STYLE)
+    if not st.session_state.get("_sidebar_checked"):
+        st.session_state["_sidebar_checked"] = True
+        st.iframe(COLLAPSE)
 
 
 def plain(message: str) -> str:
@@ -97,6 +121,90 @@ def metric_cards(r: Result, base: Result | None) -> None:
                 help=f"per inference · {src} · {r.energy_note}")
 
 
+RUNTIME_STEP = {"onnxruntime": "exporting it to ONNX (a few seconds, once), then ",
+                "compile": "compiling it with torch.compile (seconds to a minute, once), then "}
+
+
+def back_to_workshop() -> None:
+    """While a lesson is under way, a link back to it from the page its preset opened."""
+    if st.session_state.get("lesson_active"):
+        st.page_link(st.session_state["_pages"]["workshop"], label="← Back to the workshop")
+
+
+def measure_with_steps(recipe: Recipe, db: str, worker, fresh: bool = False) -> tuple[api.Measured, api.Measured]:
+    """The baseline and the recipe's measurement, read from the store or measured; a measurement shows what
+    is happening step by step (a first one loads the model, which takes a while for a transformer)."""
+    need = [] if not Path(db).exists() else api.missing([recipe.baseline(), recipe], db)
+    if not need and not fresh:
+        base = api.baseline_of(recipe, db, via=worker)
+        return base, (base if recipe == recipe.baseline() else api.measure_or_load(recipe, db, via=worker))
+    start = time.perf_counter()
+    with st.status(f"Measuring {recipe.label()}…", expanded=True) as box:
+        if recipe.baseline() in need:
+            st.write(f"**1. The uncompressed model**: loading {recipe.model} into the measuring process (the first "
+                     "time only; a transformer takes several seconds), evaluating it on its held-out data and "
+                     "timing it. Every change is measured against it.")
+        base = api.baseline_of(recipe, db, via=worker)
+        if base.result.error is None:
+            st.write(f"uncompressed: {base.result.accuracy:.3f} {metric_name(base.result).lower()}, "
+                     f"{fmt_ms((base.result.latency_ms or {}).get('p50'))} per call")
+        if recipe == recipe.baseline() and not fresh:
+            cur = base
+        else:
+            st.write(f"**2. {recipe.label()}**: applying the recipe to a copy of the model (pruning, quantizing), "
+                     + RUNTIME_STEP.get(recipe.runtime, "") + "evaluating it and timing it in alternating blocks "
+                     "with the uncompressed model, so the speed-up compares like with like.")
+            cur = api.measure_or_load(recipe, db, via=worker, fresh=fresh)
+        box.update(label=f"Measured {recipe.label()} in {time.perf_counter() - start:.1f} s", state="complete",
+                   expanded=False)
+    return base, cur
+
+
+def compare_with_pin(recipe: Recipe, r: Result, db: str, worker) -> None:
+    """A (pinned) and B (the controls) side by side, B's change against A from their paired speed-ups."""
+    pin = st.session_state.get("pin")
+    if not pin:
+        return
+    a_recipe = Recipe.from_dict(pin)
+    st.subheader("Compare: A (pinned) and B (the controls)")
+    if a_recipe.model != recipe.model:
+        st.info(f"A is a configuration of {a_recipe.model}: choose that model to compare with it.")
+    elif a_recipe == recipe:
+        st.caption(f"A is pinned: **{a_recipe.label()}**. Move the controls to make B and compare.")
+    else:
+        a = api.measure_or_load(a_recipe, db, via=worker).result
+        if a.error:
+            st.warning(f"A failed to run: {plain(a.error)}")
+        else:
+            st.dataframe(compare_rows(a, r), hide_index=True, width="stretch")
+            st.caption(f"A: {a_recipe.label()} · B: {recipe.label()}. Latency: B's speed-up divided by A's; both are "
+                       "paired with the uncompressed model, so their ratio holds on a busy machine too.")
+    if st.button("Unpin A", key="unpin"):
+        st.session_state.pop("pin", None)
+        st.rerun()
+
+
+def compare_rows(a: Result, b: Result) -> list[dict[str, str]]:
+    """Metric, A, B and B against A, as text (shown as a table)."""
+    def ratio(x: float | None, y: float | None) -> str:
+        return "n/a" if not x or not y else f"{y / x:.2f}×"
+
+    name = metric_name(b)
+    la, lb = a.latency_ms or {}, b.latency_ms or {}
+    speed = "n/a" if not a.speedup or not b.speedup else fmt_speedup(b.speedup / a.speedup)
+    return [
+        {"metric": name, "A": f"{a.accuracy:.4f}", "B": f"{b.accuracy:.4f}",
+         "B vs A": f"{(b.accuracy - a.accuracy) * 100:+.1f} pts"},
+        {"metric": "Latency p50", "A": fmt_ms(la.get("p50")), "B": fmt_ms(lb.get("p50")), "B vs A": speed},
+        {"metric": "Stored size", "A": fmt_bytes(a.size_bytes), "B": fmt_bytes(b.size_bytes),
+         "B vs A": ratio(a.size_bytes, b.size_bytes)},
+        {"metric": "Peak memory", "A": fmt_bytes(a.peak_memory_bytes), "B": fmt_bytes(b.peak_memory_bytes),
+         "B vs A": ratio(a.peak_memory_bytes, b.peak_memory_bytes)},
+        {"metric": "Energy", "A": fmt_energy(a.energy_j), "B": fmt_energy(b.energy_j),
+         "B vs A": ratio(a.energy_j, b.energy_j)},
+    ]
+
+
 def provenance(r: Result) -> None:
     """The caveats in one collapsible box, then how each step ran."""
     if r.warnings:
@@ -110,8 +218,8 @@ def provenance(r: Result) -> None:
         st.caption(f"{d.get('cpu')} · {d.get('logical_cores')} cores · flags {', '.join(d.get('cpu_flags', []))} · "
                    f"GPU {d.get('gpu') or 'none'} · torch {d.get('torch')} · profile {r.profile} · "
                    f"measured in {r.wall_s or 0:.2f} s"
-                   + (f" · ONNX export and quantization {r.prepare_s:.1f} s (not in the latency)"
-                      if r.prepare_s is not None else ""))
+                   + (f" · {PREPARE.get(r.recipe.get('runtime'), 'preparing the runtime')} {r.prepare_s:.1f} s "
+                      "(not in the latency)" if r.prepare_s is not None else ""))
 
 
 def start_background(name: str, recipes, db: str, profile: str = "quick", remeasure: bool = False) -> int | None:

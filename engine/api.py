@@ -59,13 +59,6 @@ def check_settings() -> None:
     watts_per_core()
 
 
-def check_threads(threads: int | None) -> int:
-    """The requested intra-op thread count (default: physical cores), validated."""
-    from engine.measure.run import check_threads as check
-
-    return check(threads)
-
-
 def check_model(name: str):
     """The model's spec, or a UserError naming the registered models (or why this one cannot load)."""
     from engine.models import get_spec
@@ -112,12 +105,12 @@ def models() -> list[dict[str, Any]]:
 
 
 # --- measuring ------------------------------------------------------------------------------------------
-def measure(recipe: Recipe, profile: str = "quick", threads: int | None = None) -> Result:
+def measure(recipe: Recipe, profile: str = "quick") -> Result:
     """Measure in this process, without storing."""
     from engine.measure.run import run_recipe
 
     check_model(recipe.model)
-    return run_recipe(recipe, profile=check_profile(profile), threads=threads)
+    return run_recipe(recipe, profile=check_profile(profile))
 
 
 def _usable(result: Result, profile: str) -> bool:
@@ -199,14 +192,13 @@ def missing(recipes: list[Recipe], db: str | Path, profile: str = "quick", remea
         return todo(recipes, store, check_profile(profile), remeasure_contended=remeasure_contended)
 
 
-def sweep(recipes: list[Recipe], db: str | Path, profile: str = "thorough", threads: int | None = None,
+def sweep(recipes: list[Recipe], db: str | Path, profile: str = "thorough",
           on_progress: Callable[[Step], None] | None = None, should_stop: Callable[[], bool] = lambda: False,
           retry_failed: bool = False, remeasure_contended: bool = False) -> SweepSummary:
     """Measure in this process every recipe the store still needs (resumable, one row at a time)."""
     check_profile(profile)
-    check_threads(threads)
     with Store(db) as store:
-        return run_sweep(recipes, store, profile=profile, threads=threads, on_progress=on_progress,
+        return run_sweep(recipes, store, profile=profile, on_progress=on_progress,
                          should_stop=should_stop, retry_failed=retry_failed, remeasure_contended=remeasure_contended)
 
 
@@ -227,16 +219,16 @@ def untrusted_recipes(model: str, db: str | Path) -> list[Recipe]:
 
 # --- results --------------------------------------------------------------------------------------------
 def model_rows(model: str, db: str | Path, objectives: str | list[str], min_accuracy: str | None = None,
-               all_devices: bool = False, include_untrusted: bool = False, batch_size: int | None = None
-               ) -> dict[str, Any]:
-    """Every stored row of `model` at one batch size (default: the smallest stored; latencies of different
-    batch sizes never compete) with `shown` / `trusted` / `eligible` / `on_frontier` marks, the hypervolume,
-    the batch sizes stored, and how many damaged rows were skipped."""
+               all_devices: bool = False, include_untrusted: bool = False, batch_size: int | None = None,
+               device_id: str | None = None) -> dict[str, Any]:
+    """Every stored row of `model` on one machine (default: this one) at one batch size (default: the smallest
+    stored; latencies of different batch sizes never compete) with `shown` / `trusted` / `eligible` /
+    `on_frontier` marks, the hypervolume, the batch sizes stored, and how many damaged rows were skipped."""
     objs = pareto.parse_objectives(objectives)
     if batch_size is not None:
         Recipe(model=model, batch_size=batch_size)  # the same rule as a recipe's
     with Store(db, write=False) as store:
-        rows, damaged = store.rows(model=model, device_id=None if all_devices else fingerprint()["id"])
+        rows, damaged = store.rows(model=model, device_id=None if all_devices else device_id or fingerprint()["id"])
     sizes = sorted({r["batch_size"] for r in rows if r["batch_size"] is not None})
     if batch_size is None and sizes:
         batch_size = sizes[0]
@@ -273,6 +265,44 @@ def results(db: str | Path, model: str | None = None) -> dict[str, Any]:
     with Store(db, write=False) as store:
         rows, damaged = store.rows(model=model)
     return {"rows": [_public(r) for r in rows], "damaged_rows": damaged}
+
+
+def machines(model: str, db: str | Path) -> list[dict[str, Any]]:
+    """The machines the store holds rows of for `model` (this one first): id, name, row count."""
+    here = fingerprint()["id"]
+    with Store(db, write=False) as store:
+        rows, _ = store.rows(model=model)
+        first: dict[str, int] = {}
+        count: dict[str, int] = {}
+        for r in rows:
+            first.setdefault(r["device_id"], int(r["id"]))
+            count[r["device_id"]] = count.get(r["device_id"], 0) + 1
+        out = []
+        for dev, row_id in first.items():
+            d = store.get_id(row_id).device
+            name = f"{d.get('cpu') or 'unknown CPU'}, {d.get('logical_cores')} cores" + (
+                f", {d['gpu']}" if d.get("gpu") else "")
+            out.append({"device_id": dev, "name": name, "rows": count[dev], "this_machine": dev == here})
+    names = [m["name"] for m in out]
+    for m in out:
+        if names.count(m["name"]) > 1:  # same processor, other software: told apart by fingerprint
+            m["name"] += f" ({m['device_id'][:6]})"
+    return sorted(out, key=lambda m: (not m["this_machine"], m["name"]))
+
+
+def export_results(db: str | Path, model: str | None = None) -> bytes:
+    """A results file of the store's rows, each with its machine (to share with a class)."""
+    from engine.results.exchange import export_results as export
+
+    _must_exist(db)
+    return export(db, model)
+
+
+def import_results(db: str | Path, data: bytes) -> dict[str, Any]:
+    """Merge a results file into the store: each row keeps its machine; no duplicates."""
+    from engine.results.exchange import import_results as merge
+
+    return merge(db, data)
 
 
 def open_store(db: str | Path) -> list[str]:

@@ -20,6 +20,7 @@ from engine.core.errors import UserError, VerificationError
 from engine.core.recipe import BITS, PRECISIONS, PRUNE_METHODS, PRUNE_SCOPES, RUNTIMES, Recipe
 from engine.core.result import strict
 from engine.core.units import fmt_bytes, fmt_energy, fmt_ms, fmt_speedup
+from engine.runtimes import PREPARE
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -78,6 +79,7 @@ def add_recipe_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--batch-size", type=_int, default=1)
     p.add_argument("--runtime", default="eager", help=f"one of {', '.join(RUNTIMES)}")
+    p.add_argument("--threads", type=_int, default=None, help="intra-op threads (default: physical cores)")
 
 
 def recipe_from_args(a: argparse.Namespace) -> Recipe:
@@ -87,7 +89,7 @@ def recipe_from_args(a: argparse.Namespace) -> Recipe:
         a.model, prune=a.prune, prune_method=a.prune_method, prune_scope=a.prune_scope,
         finetune_epochs=a.finetune_epochs, bits=a.bits, scheme=a.scheme, granularity=a.granularity,
         group_size=a.group_size, precision=a.precision, device=a.device, batch_size=a.batch_size,
-        runtime=a.runtime)
+        runtime=a.runtime, threads=a.threads)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="apply one recipe and measure it")
     add_recipe_args(p)
     p.add_argument("--profile", default="quick", help="quick or thorough")
-    p.add_argument("--threads", type=_int, default=None, help="intra-op threads (default: physical cores)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("sweep", help="measure a grid of recipes into a results store (resumable)")
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", type=_list(str), default=["eager"], help=f"e.g. {','.join(RUNTIMES)}")
     p.add_argument("--db", default=DEFAULT_DB, help=f"SQLite results file (default {DEFAULT_DB})")
     p.add_argument("--profile", default="thorough", help="quick or thorough")
-    p.add_argument("--threads", type=_int, default=None)
+    p.add_argument("--threads", type=_list(_int), default=[None], help="e.g. 1,2 (default: physical cores)")
     p.add_argument("--retry-failed", action="store_true", help="measure failed configurations again")
     p.add_argument("--remeasure-contended", action="store_true",
                    help="measure again the configurations stored as contended (or by an older engine)")
@@ -158,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", default=DEFAULT_DB)
     p.add_argument("--model", default=None)
     p.add_argument("--format", default="table", choices=["table", "csv", "json"])
+    p.add_argument("--export", default=None, metavar="FILE",
+                   help="write the rows (each with its machine) to a results file to share")
+    p.add_argument("--import", dest="import_", default=None, metavar="FILE",
+                   help="merge a results file (e.g. a classmate's) into --db; rows keep their machine")
     return parser
 
 
@@ -183,11 +188,10 @@ def cmd_run(a: argparse.Namespace) -> dict[str, Any]:
 
     recipe = recipe_from_args(a)
     api.check_profile(a.profile)
-    api.check_threads(a.threads)
     api.check_settings()
     api.load_model(recipe.model)
     print(f"measuring {recipe.model}: {recipe.label()} ({a.profile})", file=sys.stderr)
-    return api.measure(recipe, profile=a.profile, threads=a.threads).to_dict()
+    return api.measure(recipe, profile=a.profile).to_dict()
 
 
 def print_result(r: dict[str, Any]) -> None:
@@ -218,7 +222,8 @@ def print_result(r: dict[str, Any]) -> None:
     for k in r["kernels"]:
         print(f"  kernel     {k['step']}: {k['kernel']}{' (simulated)' if k['simulated'] else ''}")
     if r.get("prepare_s") is not None:
-        print(f"  prepared   in {r['prepare_s']:.1f} s (export and quantization for the runtime; not in the latency)")
+        what = PREPARE.get(Recipe.from_dict(r["recipe"]).runtime, "preparing the runtime")
+        print(f"  prepared   in {r['prepare_s']:.1f} s ({what}; not in the latency)")
     for w in r["warnings"]:
         print(f"  warning    {w}")
 
@@ -230,11 +235,11 @@ def cmd_sweep(a: argparse.Namespace) -> dict[str, Any]:
     recipes, skipped = api.sweep_grid(
         a.model, prune=a.prune, methods=a.prune_method, bits=a.bits, precisions=a.precision, schemes=a.scheme,
         granularity=a.granularity, group_size=a.group_size, device=a.device, batch_size=a.batch_size,
-        finetune_epochs=a.finetune_epochs, runtimes=a.runtime)
+        finetune_epochs=a.finetune_epochs, runtimes=a.runtime, threads=a.threads)
     for s in skipped:
         print(f"skipped combinations: {s}", file=sys.stderr)
     bar = _ProgressBar()
-    summary = api.sweep(recipes, a.db, profile=a.profile, threads=a.threads, on_progress=bar.update,
+    summary = api.sweep(recipes, a.db, profile=a.profile, on_progress=bar.update,
                         retry_failed=a.retry_failed, remeasure_contended=a.remeasure_contended)
     bar.close()
     return {"db": a.db, **summary.__dict__, "skipped_combinations": skipped}
@@ -336,14 +341,38 @@ def print_apply(out: dict[str, Any]) -> None:
 
 
 def cmd_results(a: argparse.Namespace) -> dict[str, Any]:
+    from pathlib import Path
+
     from engine import api
 
+    if a.export and a.import_:
+        raise UserError("give --export or --import, not both")
+    if a.import_:
+        path = Path(a.import_)
+        if not path.is_file():
+            raise UserError(f"{path} is not a file")
+        return {"imported": api.import_results(a.db, path.read_bytes()), "file": str(path)}
+    if a.export:
+        data = api.export_results(a.db, a.model)
+        Path(a.export).write_bytes(data)
+        return {"exported": str(a.export), "bytes": len(data)}
     return {**api.results(a.db, a.model), "format": a.format}
 
 
 def print_results(out: dict[str, Any]) -> None:
     import csv
 
+    if "exported" in out:
+        print(f"wrote {out['exported']} ({fmt_bytes(out['bytes'])})")
+        return
+    if "imported" in out:
+        i = out["imported"]
+        print(f"{out['file']}: {i['rows_in_file']} rows: {i['new_rows']} new, {i['updated_rows']} replaced a worse "
+              f"measurement, {i['already_as_good']} already stored as good or better, {i['skipped']} skipped")
+        for why, n in i["skipped_why"].items():
+            print(f"  skipped {n}: {why}")
+        print(f"  machines: {', '.join(i['machines']) or 'none'}")
+        return
     rows = out["rows"]
     if out["format"] == "json":
         print(json.dumps(strict(rows), allow_nan=False))

@@ -18,7 +18,11 @@ SCALE = {"size_bytes": 1 / 1024, "peak_memory_bytes": 1 / 1024, "energy_j": 1e3}
 # Error bars: the spread of the per-block medians (latency), of the per-pair ratios (speed-up).
 ERRORS = {"latency_p50_ms": ("latency_block_q25_ms", "latency_block_q75_ms")}
 FRONT, DOMINATED, CURRENT = "#2563eb", "#94a3b8", "#f97316"
-RUNTIME_EDGE = {"onnxruntime": "#16a34a"}  # outline colour of points measured in another runtime than eager
+# Outline colour of points measured in another runtime than eager, and what the legend calls it.
+RUNTIME_EDGE = {"onnxruntime": "#16a34a", "compile": "#9333ea"}
+RUNTIME_NOTE = {"onnxruntime": "green outline: measured in ONNX Runtime",
+                "compile": "purple outline: measured through torch.compile"}
+OVERLAY_COLOURS = ("#dc2626", "#0891b2", "#ca8a04", "#7c3aed", "#db2777")  # other machines' frontiers
 LOG_SPAN = 10.0  # an axis whose values span more than this factor is drawn logarithmic
 
 
@@ -57,9 +61,12 @@ def _symbols(base: str, df: pd.DataFrame, energy_plotted: bool) -> np.ndarray:
 
 
 def pareto_figure(rows: list[dict], x: str, y: str, current_key: str | None = None, color: str | None = None,
-                  height: int = 460, metric_kind: str = "accuracy") -> go.Figure:
+                  height: int = 460, metric_kind: str = "accuracy",
+                  overlays: list[tuple[str, list[dict]]] | None = None) -> go.Figure:
     """Every configuration that ran and meets the constraint: frontier points joined and emphasised,
-    dominated ones grey, untrusted (contended) ones hollow, estimated-energy ones dotted, the current one ringed."""
+    dominated ones grey, untrusted (contended) ones hollow, estimated-energy ones dotted, the current one ringed.
+    `overlays`: (machine name, its rows) of other machines, whose own frontiers are drawn dashed beside this
+    one's (each machine's points compete only with its own)."""
     fig = go.Figure()
     df = pd.DataFrame([r for r in rows if r.get("shown", r.get("eligible"))])
     if df.empty:
@@ -100,6 +107,19 @@ def pareto_figure(rows: list[dict], x: str, y: str, current_key: str | None = No
             customdata=custom[df.index.get_indexer(part.index)], hovertemplate=hover, marker=marker,
             error_x=_errors(part, x, part["_x"]), error_y=_errors(part, y, part["_y"]),
             line=dict(color=FRONT, width=2, shape="hv" if "accuracy" not in (x, y) else "linear")))
+    for i, (machine, other) in enumerate(overlays or []):
+        part = pd.DataFrame([r for r in other if r.get("on_frontier")])
+        if part.empty:
+            continue
+        part["_x"], part["_y"] = _col(part, x), _col(part, y)
+        part = part.sort_values("_x")
+        colour = OVERLAY_COLOURS[i % len(OVERLAY_COLOURS)]
+        part["_note"] = f"measured on {machine}"
+        fig.add_trace(go.Scatter(
+            x=part["_x"], y=part["_y"], mode="lines+markers", name=f"frontier on {machine}",
+            customdata=np.stack([part["id"], part["label"], part["_note"]], axis=1), hovertemplate=hover,
+            marker=dict(size=10, symbol="triangle-up", color=colour),
+            line=dict(color=colour, width=1.5, dash="dash", shape="hv" if "accuracy" not in (x, y) else "linear")))
     if current_key is not None and (df["recipe_key"] == current_key).any():
         cur = df[df["recipe_key"] == current_key].iloc[0]
         fig.add_trace(go.Scatter(x=[cur["_x"]], y=[cur["_y"]], mode="markers", name="this configuration",
@@ -122,8 +142,7 @@ def legend_note(rows: list[dict], energy_plotted: bool) -> str:
     notes = ["diamonds joined: the frontier", "grey circles: dominated"]
     if any(not r.get("trusted", True) for r in shown):
         notes.append("hollow: measured while the machine was busy, so not compared until re-measured")
-    if any(r.get("runtime") == "onnxruntime" for r in shown):
-        notes.append("green outline: measured in ONNX Runtime")
+    notes += [note for rt, note in RUNTIME_NOTE.items() if any(r.get("runtime") == rt for r in shown)]
     if energy_plotted and any(str(r.get("energy_source", "")).startswith("estimated") for r in shown):
         notes.append("dot inside: energy estimated from CPU time, not measured")
     notes.append("bars: spread between timing blocks")

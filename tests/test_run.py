@@ -72,6 +72,6 @@ def test_failure_while_running_becomes_an_error_result(monkeypatch):
 def test_bad_threads_are_refused():
     from engine.core.errors import UserError
 
-    for bad in (0, -1, 10**6, True):
+    for bad in (0, -1, 10**6, True, 1.5, "2"):
         with pytest.raises(UserError, match="threads"):
-            run_recipe(Recipe(model="digits-mlp"), threads=bad)
+            Recipe(model="digits-mlp", threads=bad)

@@ -30,11 +30,28 @@ def test_runtime_defaults_to_eager_and_old_recipes_keep_their_key():
 @pytest.mark.parametrize("data, match", [
     ({"model": "m", "runtime": "tensorrt"}, "runtime"),
     ({"model": "m", "runtime": "onnxruntime", "device": "cuda"}, "CPU provider"),
-    ({"model": "m", "recipe_version": 1, "runtime": "eager"}, "recipe_version 2"),
+    ({"model": "m", "recipe_version": 1, "runtime": "eager"}, "recipe_version 1, which has none"),
+    ({"model": "m", "recipe_version": 2, "threads": 2}, "recipe_version 2, which has none"),
+    ({"model": "m", "threads": 0}, "threads"),
 ])
 def test_bad_runtimes_are_refused(data, match):
     with pytest.raises(RecipeError, match=match):
         Recipe.from_dict(data)
+
+
+def test_version_2_recipes_keep_their_key_and_threads_are_part_of_the_configuration():
+    v2 = {"recipe_version": 2, "model": "digits-cnn", "prune": {"method": "none", "amount": 0.0, "scope": "global",
+          "finetune_epochs": 0}, "quantize": {"bits": 8, "scheme": "dynamic", "granularity": "per-channel",
+                                              "group_size": 32}, "precision": "fp32", "device": "cpu", "batch_size": 1,
+          "runtime": "onnxruntime"}
+    recipe = Recipe.from_dict(v2)
+    assert recipe.threads is None
+    assert recipe.key == hashlib.sha256(json.dumps(v2, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+    one = recipe.with_(threads=1)
+    assert one.key != recipe.key and Recipe.from_json(one.to_json()) == one and "1 thread" in one.label()
+    assert one.baseline().threads == 1  # its speed-up is paired with the baseline at the same threads
+    recipes, _ = expand_grid("digits-mlp", bits=[None, 8], threads=[1, 2])
+    assert {(r.threads, r.quantize.bits) for r in recipes} == {(1, None), (1, 8), (2, None), (2, 8)}
 
 
 def test_runtime_is_a_sweep_axis():
@@ -131,3 +148,36 @@ def test_batch_sizes_are_a_sweep_axis_and_never_compete(tmp_path):
 def test_a_re_measurement_reuses_the_artifact_and_reports_the_same_kernels(cnn_int8):
     again = run_recipe(Recipe(model="digits-cnn", batch_size=8, quantize=Quantize(8, "dynamic"), runtime="onnxruntime"))
     assert again.error is None and again.kernels == cnn_int8.kernels and again.prepare_s == cnn_int8.prepare_s
+
+
+def test_compile_measures_the_compiled_model_with_the_same_keys(tmp_path):
+    eager = run_recipe(Recipe(model="digits-mlp", quantize=Quantize(8, "dynamic")))
+    r = run_recipe(Recipe(model="digits-mlp", runtime="compile"))
+    assert r.error is None and r.to_dict().keys() == eager.to_dict().keys()
+    assert r.latency_ms.keys() == eager.latency_ms.keys()
+    ran = [k for k in r.kernels if k.step == "compile"]
+    assert ran and "linear" in ran[0].kernel and ran[0].detail["graph breaks"] == 0
+    assert r.prepare_s > 0 and abs(r.accuracy - r.baseline_accuracy) < 0.005
+    again = run_recipe(Recipe(model="digits-mlp", runtime="compile"))  # the compiled model is kept: not compiled again
+    assert again.prepare_s == r.prepare_s and again.kernels == r.kernels
+    out = api.export(tmp_path / "b", recipe=Recipe(model="digits-mlp", runtime="compile"), profile="quick")
+    record = json.loads((tmp_path / "b" / "recipe.json").read_text())
+    assert record["verification"]["runtime"] == "compile" and record["verification"]["primary"] == "model.safetensors"
+    assert "torch.compile(model)" in (tmp_path / "b" / "README.md").read_text()
+    checked = api.apply_bundle(tmp_path / "b")  # re-evaluated through torch.compile
+    assert out["accuracy"] == r.accuracy and checked["error"] is None
+
+
+def test_a_model_that_fails_to_compile_is_a_failed_row(monkeypatch, tmp_path):
+    import torch
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    r = run_recipe(Recipe(model="digits-mlp", runtime="compile", precision="bf16"))  # not compiled before
+    assert r.error == "RuntimeError: no C++ compiler found"
+    with Store(tmp_path / "r.db") as store:
+        store.put(r)
+        rows, _ = store.rows("digits-mlp")
+    assert rows[0]["error"] and rows[0]["runtime"] == "compile"

@@ -10,6 +10,7 @@ from engine import api
 from engine.core.units import fmt_bytes, fmt_ms, fmt_speedup
 
 db = state.db_path()
+ui.back_to_workshop()
 st.title("Export the chosen configuration")
 recipe = state.recipe_or_stop()
 st.write(f"**{recipe.model}** · {recipe.label()} · recipe `{recipe.key}`")

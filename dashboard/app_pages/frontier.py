@@ -10,6 +10,7 @@ from engine.results.pareto import OBJECTIVES
 
 db = state.db_path()
 model = st.session_state["model"]
+ui.back_to_workshop()
 st.title(f"Pareto frontier · {model}")
 metric_kind = api.check_model(model).metric_kind
 metric = "fidelity" if metric_kind == "fidelity" else "accuracy"
@@ -57,9 +58,23 @@ if untrusted:
             ui.start_background(f"remeasure-{model}", api.untrusted_recipes(model, db), db, remeasure=True)
 ui.job_progress(f"remeasure-{model}", "Re-measuring")
 
+overlays = []
+with ui.guard("Could not read the other machines' results"):
+    others = [m for m in api.machines(model, db) if not m["this_machine"]]
+    if others:
+        names = {m["device_id"]: f"{m['name']} ({m['rows']} rows)" for m in others}
+        picked = st.multiselect("Overlay other machines' frontiers", list(names), format_func=names.get,
+                                key="front_machines",
+                                help="Results imported from classmates (Workshop page). Each machine's points "
+                                     "compete only with its own; its frontier is drawn dashed over this machine's.")
+        for dev in picked:
+            other = api.model_rows(model, db, objectives, f"{min_acc}x" if min_acc > 0 else None,
+                                   include_untrusted=include, batch_size=data["batch_size"], device_id=dev)
+            overlays.append((names[dev].rsplit(" (", 1)[0], other["rows"]))
 fig = charts.pareto_figure(rows, x=OBJECTIVES[x_obj][0], y=OBJECTIVES[y_obj][0],
                            color=OBJECTIVES[third][0] if third != "none" else None,
-                           current_key=st.session_state.get("explore_key"), metric_kind=metric_kind)
+                           current_key=st.session_state.get("explore_key"), metric_kind=metric_kind,
+                           overlays=overlays)
 event = st.plotly_chart(fig, key="frontier_chart", on_select="rerun", selection_mode="points", width="stretch")
 ui.busy_only(rows)
 n_front = sum(r["on_frontier"] for r in rows)

@@ -3,14 +3,20 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import charts, state, ui
+from dashboard import charts, controls, state, ui
 from engine.compress.views import layer_views
 from engine.core.hardware import detect
 from engine.core.recipe import Recipe
 
+controls.sidebar()
+ui.back_to_workshop()
 st.title("Learn: what compression does to a model")
 recipe = state.recipe_or_stop()
-st.caption(f"Showing **{recipe.model}** with the Explore settings: {recipe.label()}. Change them in Explore.")
+pin = st.session_state.get("pin")
+pinned = Recipe.from_dict(pin) if pin and Recipe.from_dict(pin).model == recipe.model else None
+pinned = None if pinned == recipe else pinned
+st.caption(f"Showing **{recipe.model}** as the controls set it (the same settings as Explore): {recipe.label()}."
+           + (f" Pinned A, drawn beside it: {pinned.label()}." if pinned else ""))
 
 st.markdown("""
 **Pruning** removes weights. *Magnitude* pruning sets the smallest weights (by absolute value) to exactly zero:
@@ -40,6 +46,7 @@ def views_of(recipe_json: str):
 
 with ui.guard("Could not compare the weights"), st.spinner("Comparing the weights before and after…"):
     views = views_of(recipe.to_json())
+    a_views = {v.name: v for v in views_of(pinned.to_json())} if pinned else {}
 if not views:
     st.info("This model has no layers to show.")
     st.stop()
@@ -47,25 +54,35 @@ names = [v.name for v in views]
 name = st.selectbox("Layer", names, key="learn_layer")
 v = views[names.index(name)]
 
+a = a_views.get(name)
+shrunk = v.shape_after != v.shape_before
 c = st.columns(3)
 c[0].metric("Shape", "×".join(map(str, v.shape_after)),
-            None if v.shape_after == v.shape_before else f"was {'×'.join(map(str, v.shape_before))}",
-            delta_color="off")
+            f"was {'×'.join(map(str, v.shape_before))}" if shrunk else None, delta_color="off", delta_arrow="off",
+            help="Output channels (or neurons) × inputs. Structured pruning removes whole rows: the layer shrinks.")
 c[1].metric("Zero weights", f"{v.zero_fraction:.0%}")
 c[2].metric("Distinct values in channel 0", v.levels if v.levels is not None else "all (float)",
             help="With b-bit quantization at most 2^b.")
 
 left, right = st.columns(2)
-left.plotly_chart(charts.histogram_before_after(v.before, v.after, f"{name}: weight values before and after"),
+left.plotly_chart(charts.histogram_before_after(v.before, v.after, f"{name}: weight values before and after",
+                                                pinned=None if a is None else a.after),
                   width="stretch", key="learn_hist")
 if v.quant_error is not None:
     right.plotly_chart(charts.error_histogram(v.quant_error, f"Quantization error ({recipe.quantize.bits} bits)"),
                        width="stretch", key="learn_err")
     right.caption(f"Largest |E| in the sample: {abs(v.quant_error).max():.2e}. Fewer bits: wider error.")
+    if a is not None and a.quant_error is not None:
+        right.caption(f"A ({pinned.quantize.bits} bits): largest |E| {abs(a.quant_error).max():.2e}.")
 else:
-    right.info("Pick a bit width in Explore to see the quantization error E = W − Q(W).")
+    right.info("Pick a bit width in the sidebar to see the quantization error E = W − Q(W).")
 st.plotly_chart(charts.sparsity_heatmap(v.sparsity_map, f"{name}: where the zeros are (dark = all zero)"),
                 width="stretch", key="learn_map")
+st.caption("Each cell is a block of the weight matrix: rows are output channels (neurons), columns are inputs; "
+           "its shade is the fraction of zeros in that block."
+           + (" Structured pruning removed whole rows instead of zeroing them, so the smaller matrix has few zeros: "
+              f"the change is its shape ({'×'.join(map(str, v.shape_before))} → "
+              f"{'×'.join(map(str, v.shape_after))}), which is why it runs faster." if shrunk else ""))
 
 st.subheader("Why smaller is not always faster on this machine")
 hw = detect()

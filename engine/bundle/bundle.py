@@ -48,7 +48,8 @@ from engine.models import get_spec
 BUNDLE_FORMAT = 2
 FILES = ("model.onnx", "model.safetensors", "compressed.bin", "model_card.json", "report.html", "README.md")
 RECORD = "recipe.json"
-PRIMARY = {"eager": "model.safetensors", "onnxruntime": "model.onnx"}  # the model each runtime measured
+# The model each runtime measured (compile: the weights, which torch.compile compiles where they are deployed).
+PRIMARY = {"eager": "model.safetensors", "compile": "model.safetensors", "onnxruntime": "model.onnx"}
 ACCURACY_TOLERANCE = 0.02  # |ONNX Runtime accuracy - PyTorch accuracy| above this is a visible warning
 # Re-evaluating the same file on the same data must give the recorded figure; the margin allows another
 # CPU's int8/sparse kernels to round differently (one flipped digit of 450 is 0.0022), not a changed model.
@@ -157,6 +158,11 @@ def write_bundle(recipe: Recipe, out: str | Path, result: Result, rows: list[dic
                 raise UserError(f"the exported model.onnx gives {result.metric_kind} {onnx_acc:.4f}, the measurement "
                                 f"recorded {result.accuracy:.4f}: re-measure this configuration, then export")
             torch_acc = _evaluate(applied.model, recipe, spec)
+        elif recipe.runtime == "compile":  # the compiled model must reproduce the measurement
+            torch_acc = _evaluate(applied.model, recipe, spec)
+            if abs(torch_acc - result.accuracy) > REPEAT_TOLERANCE:
+                raise UserError(f"the compiled model gives {result.metric_kind} {torch_acc:.4f}, the measurement "
+                                f"recorded {result.accuracy:.4f}: re-measure this configuration, then export")
         else:
             torch_acc = result.accuracy
         gap = abs(onnx_acc - torch_acc)
@@ -352,12 +358,13 @@ def _record_ok(record: dict[str, Any], recipe: Recipe) -> dict[str, Any]:
     if Recipe.from_dict(result.recipe).with_(device="cpu") != recipe or result.error is not None:
         raise VerificationError(f"{RECORD}: its metrics were measured for another configuration (edited)")
     ver = record.get("verification")
-    # The measured runtime's accuracy is the metric: eager's exactly; ONNX Runtime's as re-run at export.
+    # The measured runtime's accuracy is the metric: eager's exactly; compile's and ONNX Runtime's as re-run
+    # at export.
     ok = isinstance(ver, dict) and ver.get("runtime", "eager") == recipe.runtime
     if ok and recipe.runtime == "eager":
         ok = ver.get("torch_accuracy") == result.accuracy
     elif ok:
-        acc = ver.get("onnx_accuracy")
+        acc = ver.get("onnx_accuracy" if recipe.runtime == "onnxruntime" else "torch_accuracy")
         ok = type(acc) in (int, float) and abs(acc - result.accuracy) <= REPEAT_TOLERANCE
     if not ok:
         raise VerificationError(f"{RECORD}: its verification block does not match its metrics (edited)")
@@ -367,14 +374,14 @@ def _record_ok(record: dict[str, Any], recipe: Recipe) -> dict[str, Any]:
 def _same_bytes(path: Path, expected: bytes, record: dict[str, Any], metrics: dict[str, Any], applied: Applied,
                 recipe: Recipe) -> None:
     """compressed.bin holds the recipe's weights; the recorded size is that of what the runtime loads
-    (compressed.bin for eager, model.onnx for onnxruntime)."""
+    (compressed.bin for eager and compile, model.onnx for onnxruntime)."""
     if path.read_bytes() != expected or hashlib.sha256(expected).hexdigest() != record.get("weights_sha256"):
         raise VerificationError("compressed.bin: does not hold the weights the recipe re-creates")
     try:
         codec.decode(expected)
     except codec.CodecError as exc:
         raise VerificationError(f"compressed.bin: {exc}") from None
-    size = len(expected) if recipe.runtime == "eager" else (path.parent / "model.onnx").stat().st_size
+    size = (path.parent / "model.onnx").stat().st_size if recipe.runtime == "onnxruntime" else len(expected)
     if metrics.get("size_bytes") != size or metrics.get("params_total") != applied.params_total \
             or metrics.get("params_nonzero") != applied.params_nonzero:
         raise VerificationError(f"{RECORD}: its size or parameter counts are not those of the re-created model")
@@ -396,12 +403,18 @@ def _evaluate(model: nn.Module, recipe: Recipe, spec) -> float:
 
 
 def _outputs(model: nn.Module, recipe: Recipe, spec) -> torch.Tensor:
-    """The model's outputs on the evaluation data, run with the kernels it was measured with."""
+    """The model's outputs on the evaluation data, run with the kernels it was measured with (compiled, for
+    a recipe measured through torch.compile)."""
     if recipe.quantize.bits is not None:
         select_kernels(model, recipe.quantize, "cpu")
+    inputs = [cast_inputs(x, recipe.precision, "cpu") for x in spec.eval_inputs()]
+    run = lambda x: spec.forward(model, x)  # noqa: E731
+    if recipe.runtime == "compile":
+        from engine.runtimes.compiled import compiled
+
+        run = compiled(None, torch.get_num_threads(), model, spec.forward, inputs[0])[0]
     with torch.inference_mode():
-        return torch.cat([spec.forward(model, cast_inputs(x, recipe.precision, "cpu"))
-                          for x in spec.eval_inputs()]).float()
+        return torch.cat([run(x) for x in inputs]).float()
 
 
 def _score(outputs: torch.Tensor, spec) -> float:

@@ -13,7 +13,11 @@ from engine.core.units import fmt_bytes, fmt_energy, fmt_ms, fmt_speedup
 
 def measured_in(runtime: str, primary: str) -> str:
     """The README's line on the runtime; absent for eager, so bundles written before runtimes existed still verify."""
-    return "" if runtime == "eager" else f"\nMeasured and verified in {runtime}: the model to deploy is `{primary}`."
+    if runtime == "eager":
+        return ""
+    how = (": rebuild it with `engine.bundle.bundle.load_torch(<this folder>)` and run `torch.compile(model)`"
+           if runtime == "compile" else "")
+    return f"\nMeasured and verified in {runtime}: the model to deploy is `{primary}`{how}."
 
 
 def report_html(recipe: Recipe, result: Result, card: dict, rows: list[dict]) -> str:
@@ -30,7 +34,8 @@ def report_html(recipe: Recipe, result: Result, card: dict, rows: list[dict]) ->
     name = "fidelity" if result.metric_kind == "fidelity" else "accuracy"
     ver, store = card["verification"], card["storage"]
     metrics = [
-        (f"{name} (PyTorch)", f"{ver['torch_accuracy']:.4f}", result.metric),
+        (f"{name} ({'torch.compile' if recipe.runtime == 'compile' else 'PyTorch'})", f"{ver['torch_accuracy']:.4f}",
+         result.metric),
         (f"{name} (ONNX Runtime)", f"{ver['onnx_accuracy']:.4f}",
          f"exported model.onnx run in ONNX Runtime {ver['onnxruntime']}"),
         (f"baseline {name}", f"{result.baseline_accuracy:.4f}", "uncompressed fp32 model"),

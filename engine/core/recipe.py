@@ -13,8 +13,8 @@ from typing import Any
 
 from engine.core.errors import RecipeError
 
-RECIPE_VERSION = 2  # 2 added `runtime`; version-1 recipes read as runtime "eager"
-READ_VERSIONS = (1, 2)
+RECIPE_VERSION = 3  # 2 added `runtime` (version 1 reads as "eager"); 3 added `threads` (older: all cores)
+READ_VERSIONS = (1, 2, 3)
 PRUNE_METHODS = ("none", "magnitude", "structured")
 PRUNE_SCOPES = ("global", "layer")
 MAX_PRUNE = 0.99
@@ -24,9 +24,10 @@ SCHEMES = ("weight-only", "dynamic")
 GRANULARITIES = ("per-channel", "per-group")
 PRECISIONS = ("fp32", "fp16", "bf16")
 DEVICES = ("cpu", "cuda")
-# eager: PyTorch as the engine runs it; onnxruntime: the compressed model exported to ONNX and run in ONNX
-# Runtime's CPU provider, the artifact a user would deploy.
-RUNTIMES = ("eager", "onnxruntime")
+# eager: PyTorch as the engine runs it; compile: the same model through torch.compile (inductor);
+# onnxruntime: the compressed model exported to ONNX and run in ONNX Runtime's CPU provider.
+RUNTIMES = ("eager", "compile", "onnxruntime")
+MAX_THREADS = 1024
 MAX_BATCH = 4096
 MAX_MODEL_NAME = 300
 MAX_RECIPE_BYTES = 1_000_000  # a recipe file is a few hundred bytes; anything this large is not one
@@ -111,6 +112,7 @@ class Recipe:
     device: str = "cpu"
     batch_size: int = 1
     runtime: str = "eager"
+    threads: int | None = None  # intra-op threads; None: the machine's physical cores
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model or len(self.model) > MAX_MODEL_NAME \
@@ -127,6 +129,10 @@ class Recipe:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) \
                 or not 1 <= self.batch_size <= MAX_BATCH:
             raise RecipeError(f"batch_size={self.batch_size!r} is not allowed: an integer 1 to {MAX_BATCH}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or not 1 <= self.threads <= MAX_THREADS):
+            raise RecipeError(f"threads={self.threads!r} is not allowed: none (all physical cores) or an integer "
+                              f"1 to {MAX_THREADS}")
         if self.quantize.scheme == "dynamic":
             if self.precision != "fp32":
                 raise RecipeError(
@@ -146,11 +152,14 @@ class Recipe:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     def _key_dict(self) -> dict[str, Any]:
-        """What the key hashes. An eager recipe hashes its version-1 form, so results stores and bundles
-        written before runtimes existed keep matching their recipes."""
-        if self.runtime != "eager":
-            return self.to_dict()
+        """What the key hashes: the recipe in the oldest version that can express it, so results stores and
+        bundles written before a field existed keep matching their recipes."""
         data = asdict(self)
+        if self.threads is not None:
+            return {"recipe_version": 3, **data}
+        del data["threads"]
+        if self.runtime != "eager":
+            return {"recipe_version": 2, **data}
         del data["runtime"]
         return {"recipe_version": 1, **data}
 
@@ -163,8 +172,10 @@ class Recipe:
         if type(version) is not int or version not in READ_VERSIONS:  # true and 1.0 equal 1 in Python; not here
             raise RecipeError(f"recipe_version={version!r} is not supported: this engine reads versions "
                               f"{', '.join(map(str, READ_VERSIONS))}")
-        if version == 1 and "runtime" in data:
-            raise RecipeError("recipe has a 'runtime' field but recipe_version 1, which has none: use recipe_version 2")
+        for name, since in (("runtime", 2), ("threads", 3)):
+            if version < since and name in data:
+                raise RecipeError(f"recipe has a '{name}' field but recipe_version {version}, which has none: "
+                                  f"use recipe_version {RECIPE_VERSION}")
         if "model" not in data:
             raise RecipeError("recipe has no 'model' field")
         return cls(**_only(data, cls, "recipe"))
@@ -178,7 +189,7 @@ class Recipe:
                     prune_scope: str = "global", finetune_epochs: int = 0, bits: int | None = None,
                     scheme: str | None = None, granularity: str = "per-channel", group_size: int = 32,
                     precision: str = "fp32", device: str = "cpu", batch_size: int = 1,
-                    runtime: str = "eager") -> "Recipe":
+                    runtime: str = "eager", threads: int | None = None) -> "Recipe":
         """The one way flat controls (CLI flags, dashboard widgets, sweep axes) become a Recipe.
 
         A zero amount means no pruning whatever the method; `scheme=None` picks the fastest real path."""
@@ -197,7 +208,7 @@ class Recipe:
                                finetune_epochs if amount else 0),
                    quantize=Quantize(bits=bits, scheme=scheme or default_scheme(precision, device),
                                      granularity=granularity, group_size=group_size),
-                   precision=precision, device=device, batch_size=batch_size, runtime=runtime)
+                   precision=precision, device=device, batch_size=batch_size, runtime=runtime, threads=threads)
 
     @property
     def key(self) -> str:
@@ -216,8 +227,8 @@ class Recipe:
             and self.runtime == "eager"
 
     def baseline(self) -> "Recipe":
-        """This recipe's reference: same model, batch size and device, nothing compressed, eager."""
-        return Recipe(model=self.model, device=self.device, batch_size=self.batch_size)
+        """This recipe's reference: same model, batch size, device and threads, nothing compressed, eager."""
+        return Recipe(model=self.model, device=self.device, batch_size=self.batch_size, threads=self.threads)
 
     def label(self) -> str:
         """Short human-readable name, e.g. 'structured 50% · int8 dynamic · fp32'."""
@@ -230,6 +241,8 @@ class Recipe:
         parts.append(self.precision)
         if self.runtime != "eager":
             parts.append(self.runtime)
+        if self.threads is not None:
+            parts.append(f"{self.threads} thread{'s' if self.threads > 1 else ''}")
         return " · ".join(parts)
 
 

@@ -62,7 +62,7 @@ class Result:
     engine_version: str = __version__
     measured_at: float | None = None  # seconds since the epoch
     wall_s: float | None = None
-    prepare_s: float | None = None  # building the runtime's artifact (ONNX export + quantization); never in latency
+    prepare_s: float | None = None  # building the runtime's artifact (ONNX export, compiling); never in latency
     error: str | None = None
 
     @property

@@ -32,7 +32,6 @@ from engine.models import ModelSpec, create_model, get_spec
 
 log = logging.getLogger(__name__)
 _LOCK = threading.Lock()  # torch thread settings and the peak-RSS counter are process-wide
-MAX_THREADS = 1024
 ONNX_CACHE_SIZE = 8
 _ONNX_CACHE: dict[str, tuple[bytes, dict, float]] = {}
 
@@ -85,23 +84,14 @@ def default_threads() -> int:
     return detect().physical_cores
 
 
-def check_threads(threads: int | None) -> int:
-    """The requested intra-op thread count (default: physical cores), validated."""
-    if threads is None:
-        return default_threads()
-    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
-        raise UserError(f"threads={threads!r} is not allowed: an integer 1 to {MAX_THREADS}")
-    return threads
-
-
-def run_recipe(recipe: Recipe, profile: str = "quick", threads: int | None = None) -> Result:
-    """Apply `recipe` to a fresh copy of its model and measure it. Bad input raises UserError;
-    any failure while running the configuration is returned in `Result.error`."""
+def run_recipe(recipe: Recipe, profile: str = "quick") -> Result:
+    """Apply `recipe` to a fresh copy of its model and measure it with its threads (default: physical cores).
+    Bad input raises UserError; any failure while running the configuration is returned in `Result.error`."""
     if profile not in PROFILES:
         raise UserError(f"profile={profile!r} is not allowed: choose one of {', '.join(PROFILES)}")
     spec = get_spec(recipe.model)
     check_device(recipe.device)
-    requested = check_threads(threads)
+    requested = recipe.threads or default_threads()
     watts_per_core()  # a bad override is refused before any work
     result = Result(model=recipe.model, recipe=recipe.to_dict(), metric=spec.metric, metric_kind=spec.metric_kind,
                     device=fingerprint(), profile=profile, threads=requested, measured_at=time.time())
@@ -115,14 +105,16 @@ def run_recipe(recipe: Recipe, profile: str = "quick", threads: int | None = Non
             base, _ = base_model(recipe.model)
             _, base_score, result.baseline_size_bytes = reference(recipe.model)
             result.baseline_accuracy = base_score["accuracy"]
-            # eager runs the engine's fastest kernels; another runtime gets the plain float model on the grid
-            # and makes its own kernels from it.
-            applied = apply(base, recipe, spec, kernels=recipe.runtime == "eager")
+            # eager and compile run the engine's fastest kernels; ONNX Runtime gets the plain float model on
+            # the grid and makes its own kernels from it.
+            applied = apply(base, recipe, spec, kernels=recipe.runtime != "onnxruntime")
             result.kernels, result.warnings = applied.kernels, applied.warnings
             result.params_total, result.params_nonzero = applied.params_total, applied.params_nonzero
             result.param_bytes, result.size_bytes = applied.param_bytes, applied.size_bytes
             if recipe.runtime == "onnxruntime":
                 _run_onnxruntime(applied, recipe, spec, profile, used, requested, result)
+            elif recipe.runtime == "compile":
+                _run_compiled(applied, recipe, spec, profile, used, requested, result)
             else:
                 scores = evaluate(applied, recipe, spec)
                 result.accuracy = scores.pop("accuracy")
@@ -148,6 +140,38 @@ def _time(applied: Applied, recipe: Recipe, spec: ModelSpec, profile: str, threa
         return spec.forward(model, inputs)
 
     _time_calls(run, model, "model tensor bytes", recipe, spec, profile, threads, requested, result)
+
+
+def _run_compiled(applied: Applied, recipe: Recipe, spec: ModelSpec, profile: str, threads: int, requested: int,
+                  result: Result) -> None:
+    """Measure the model through torch.compile: accuracy from the compiled model, latency after compiling
+    (the compile time is `prepare_s`, outside the latency)."""
+    from engine.runtimes.compiled import compiled
+
+    inputs = cast_inputs(spec.example_inputs(recipe.batch_size), recipe.precision, recipe.device)
+    fn, kernels, result.prepare_s = compiled(recipe.with_(batch_size=1).key, threads, applied.model, spec.forward,
+                                             inputs)
+    result.kernels = applied.kernels + kernels
+    breaks = kernels[-1].detail["graph breaks"]
+    if breaks:
+        result.warnings.append(f"torch.compile split the model at {breaks} graph break(s) (typically the int8 "
+                               "layers, whose packed weights it cannot trace): those layers run uncompiled between "
+                               "compiled parts")
+    ref, _, _ = reference(recipe.model)
+    with torch.inference_mode():
+        out = torch.cat([fn(cast_inputs(x, recipe.precision, recipe.device)) for x in spec.eval_inputs()]).float()
+    if not torch.isfinite(out.cpu()).all():
+        raise RuntimeError("the compiled model produced non-finite outputs (NaN/inf)")
+    scores = spec.score(out.cpu(), ref)
+    result.accuracy = scores.pop("accuracy")
+    result.extra_metrics = scores
+    with torch.inference_mode():
+        fn(inputs)  # the evaluation's shapes may have recompiled: the timed shape is warm again before timing
+
+    def run() -> object:
+        return fn(inputs)
+
+    _time_calls(run, applied.model, "model tensor bytes", recipe, spec, profile, threads, requested, result)
 
 
 def _run_onnxruntime(applied: Applied, recipe: Recipe, spec: ModelSpec, profile: str, threads: int, requested: int,

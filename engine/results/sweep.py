@@ -40,7 +40,8 @@ def expand_grid(model: str, prune: Iterable[float] = (0.0,), methods: Iterable[s
                 bits: Iterable[int | None] = (None,), precisions: Iterable[str] = ("fp32",),
                 schemes: Iterable[str] | None = None, granularity: str = "per-channel", group_size: int = 32,
                 device: str = "cpu", batch_size: int | Iterable[int] = 1, finetune_epochs: int = 0,
-                runtimes: Iterable[str] = ("eager",)) -> tuple[list[Recipe], list[str]]:
+                runtimes: Iterable[str] = ("eager",), threads: Iterable[int | None] = (None,)
+                ) -> tuple[list[Recipe], list[str]]:
     """All distinct valid recipes of the grid (the uncompressed baseline first), and why combinations were skipped.
 
     Every value of every axis is checked on its own first: a bad value (`--prune 1.5`) is a RecipeError,
@@ -56,18 +57,19 @@ def expand_grid(model: str, prune: Iterable[float] = (0.0,), methods: Iterable[s
     _one_of("device", DEVICES)(device)
     batches = _axis("batch size", [batch_size] if isinstance(batch_size, int) else batch_size,
                     lambda n: Recipe(model=model, batch_size=n))
+    threads = _axis("threads", threads, lambda n: Recipe(model=model, threads=n))
     Recipe(model=model, device=device, prune=Prune("magnitude", 0.5, finetune_epochs=finetune_epochs))
     recipes: dict[str, Recipe] = {}
     skipped: list[str] = []
-    for n in batches:  # each batch size's baseline first: the reference of that batch size's speed-ups
-        base = Recipe(model=model, device=device, batch_size=n)
+    for n, t in itertools.product(batches, threads):  # each baseline first: the reference of its speed-ups
+        base = Recipe(model=model, device=device, batch_size=n, threads=t)
         recipes[base.key] = base
-    for batch, runtime, amount, method, b, prec, scheme in itertools.product(
-            batches, runtimes, prune, methods, bits, precisions, schemes or [None]):
+    for batch, t, runtime, amount, method, b, prec, scheme in itertools.product(
+            batches, threads, runtimes, prune, methods, bits, precisions, schemes or [None]):
         try:
             r = Recipe.from_fields(model, prune=amount, prune_method=method, finetune_epochs=finetune_epochs,
                                    bits=b, scheme=scheme, granularity=granularity, group_size=group_size,
-                                   precision=prec, device=device, batch_size=batch, runtime=runtime)
+                                   precision=prec, device=device, batch_size=batch, runtime=runtime, threads=t)
         except RecipeError as exc:
             skipped.append(str(exc))
             continue
@@ -109,17 +111,17 @@ def todo(recipes: list[Recipe], store: Store, profile: str, retry_failed: bool =
     return [r for r in recipes if r.key not in done[r.model]]
 
 
-def measure_and_store(recipe: Recipe, store: Store, profile: str, threads: int | None = None) -> tuple[Result, int]:
+def measure_and_store(recipe: Recipe, store: Store, profile: str) -> tuple[Result, int]:
     """Measure one configuration and store it; a configuration the machine cannot run becomes a failed row."""
     try:
-        result = run_recipe(recipe, profile=profile, threads=threads)
+        result = run_recipe(recipe, profile=profile)
     except UserError as exc:  # e.g. a cuda recipe on a machine without a GPU: recorded, the sweep goes on
         result = Result(model=recipe.model, recipe=recipe.to_dict(), device=fingerprint(), profile=profile,
                         error=str(exc))
     return result, store.put(result)
 
 
-def iter_sweep(recipes: list[Recipe], store: Store, profile: str = "thorough", threads: int | None = None,
+def iter_sweep(recipes: list[Recipe], store: Store, profile: str = "thorough",
                retry_failed: bool = False, remeasure_contended: bool = False) -> Iterator[Step]:
     """Measure every recipe the store still needs, yielding after each one."""
     pending = todo(recipes, store, profile, retry_failed, remeasure_contended)
@@ -127,12 +129,12 @@ def iter_sweep(recipes: list[Recipe], store: Store, profile: str = "thorough", t
     spent = 0.0
     for i, recipe in enumerate(pending):
         t0 = time.perf_counter()
-        result, row_id = measure_and_store(recipe, store, profile, threads)
+        result, row_id = measure_and_store(recipe, store, profile)
         spent += time.perf_counter() - t0
         yield Step(recipe, result, row_id, skipped + i + 1, len(recipes), spent / (i + 1) * (len(pending) - i - 1))
 
 
-def run_sweep(recipes: list[Recipe], store: Store, profile: str = "thorough", threads: int | None = None,
+def run_sweep(recipes: list[Recipe], store: Store, profile: str = "thorough",
               on_progress: Callable[[Step], None] | None = None, should_stop: Callable[[], bool] = lambda: False,
               retry_failed: bool = False, remeasure_contended: bool = False) -> SweepSummary:
     """Measure every recipe not yet in `store`; `should_stop()` is checked between configurations."""
@@ -140,7 +142,7 @@ def run_sweep(recipes: list[Recipe], store: Store, profile: str = "thorough", th
     summary = SweepSummary(total=len(recipes))
     pending = todo(recipes, store, profile, retry_failed, remeasure_contended)
     summary.skipped_existing = len(recipes) - len(pending)
-    steps = iter_sweep(pending, store, profile, threads, retry_failed, remeasure_contended)
+    steps = iter_sweep(pending, store, profile, retry_failed=retry_failed, remeasure_contended=remeasure_contended)
     while True:
         if should_stop() and summary.measured < len(pending):
             summary.stopped = True
