@@ -31,13 +31,21 @@ def check(page, name: str, width: int) -> None:
     page.screenshot(path=str(ARTIFACTS / f"workshop-{width}-{name}.png"), full_page=True)
 
 
+def open_sidebar(page) -> None:
+    """A collapsed sidebar keeps its links in the page, off-screen: open it with its `>` button."""
+    button = page.locator('[data-testid="stExpandSidebarButton"]')
+    if button.count() and button.is_visible():
+        button.click()
+        page.locator('[data-testid="stSidebarNavLink"]').first.wait_for(state="visible")
+        page.wait_for_timeout(500)  # the slide-in animation
+
+
 def to_workshop(page) -> None:
     link = page.get_by_role("link", name="← Back to the workshop")
     if link.count():
         link.first.click()
     else:
-        if not page.locator('[data-testid="stSidebarNavLink"]').first.is_visible():
-            page.locator('[data-testid="stExpandSidebarButton"]').click()
+        open_sidebar(page)
         page.locator('[data-testid="stSidebarNavLink"]', has_text="Workshop").click()
     page.wait_for_selector('h1:has-text("Workshop")', timeout=WAIT)
     settle(page)
@@ -93,8 +101,7 @@ def test_a_class_walks_the_lesson_path(server, width, tmp_path):
         # Pin A (the 8-bit preset), then B = 2 bits: compared side by side, and overlaid on Learn.
         exercise(page, lessons.EXERCISES[3]).get_by_role("button", name="Load preset: 8 bits").click()
         page.wait_for_selector('h1:has-text("Learn")', timeout=WAIT)
-        if not page.locator('[data-testid="stSidebarNavLink"]').first.is_visible():
-            page.locator('[data-testid="stExpandSidebarButton"]').click()
+        open_sidebar(page)
         page.locator('[data-testid="stSidebarNavLink"]', has_text="Explore").click()
         page.wait_for_selector('[data-testid="stMetric"]', timeout=WAIT)
         settle(page)
@@ -106,14 +113,12 @@ def test_a_class_walks_the_lesson_path(server, width, tmp_path):
         settle(page)
         assert "A (pinned)" in page.inner_text("body") or page.locator("text=A (pinned)").count()
         check(page, "learn-compare", width)
-        if not page.locator('[data-testid="stSidebarNavLink"]').first.is_visible():
-            page.locator('[data-testid="stExpandSidebarButton"]').click()
+        open_sidebar(page)
         page.locator('[data-testid="stSidebarNavLink"]', has_text="Explore").click()
         page.wait_for_selector('text=Compare: A (pinned)', timeout=WAIT)
         check(page, "explore-compare", width)
         for name in ("Frontier", "Sweep", "Export"):
-            if not page.locator('[data-testid="stSidebarNavLink"]').first.is_visible():
-                page.locator('[data-testid="stExpandSidebarButton"]').click()
+            open_sidebar(page)
             page.locator('[data-testid="stSidebarNavLink"]', has_text=name).click()
             page.wait_for_selector("h1", timeout=WAIT)
             check(page, name.lower(), width)
