@@ -74,6 +74,10 @@ def guard(what: str) -> Iterator[None]:
         st.stop()
 
 
+def energy_kind(r: Result) -> str:
+    return "estimated" if (r.energy_source or "").startswith("estimated") else "measured"
+
+
 def metric_name(r: Result) -> str:
     return "Fidelity" if r.metric_kind == "fidelity" else "Accuracy"
 
@@ -116,7 +120,7 @@ def metric_cards(r: Result, base: Result | None) -> None:
                 help="The model's weights in memory plus the extra memory one inference needs at its peak. "
                      f"How: {r.memory_source}.")
     src = r.energy_source or "n/a"
-    c[4].metric(f"Energy ({'estimated' if src.startswith('estimated') else 'measured'})", fmt_energy(r.energy_j),
+    c[4].metric(f"Energy ({energy_kind(r)})", fmt_energy(r.energy_j),
                 _pct(r.energy_j, b.energy_j if b else None), delta_color="inverse",
                 help=f"per inference · {src} · {r.energy_note}")
 
@@ -200,8 +204,8 @@ def compare_rows(a: Result, b: Result) -> list[dict[str, str]]:
          "B vs A": ratio(a.size_bytes, b.size_bytes)},
         {"metric": "Peak memory", "A": fmt_bytes(a.peak_memory_bytes), "B": fmt_bytes(b.peak_memory_bytes),
          "B vs A": ratio(a.peak_memory_bytes, b.peak_memory_bytes)},
-        {"metric": "Energy", "A": fmt_energy(a.energy_j), "B": fmt_energy(b.energy_j),
-         "B vs A": ratio(a.energy_j, b.energy_j)},
+        {"metric": f"Energy ({energy_kind(a)} A, {energy_kind(b)} B)", "A": fmt_energy(a.energy_j),
+         "B": fmt_energy(b.energy_j), "B vs A": ratio(a.energy_j, b.energy_j)},
     ]
 
 

@@ -52,6 +52,13 @@ def server(tmp_path_factory):
     proc.wait(timeout=20)
 
 
+def launch(p):
+    """Debian's chromium, headless, with its own background traffic off (so every request seen is the page's)."""
+    return p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+        "--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"])
+
+
 def _metric(page, label: str) -> str:
     card = page.locator('[data-testid="stMetric"]', has_text=label).first
     return card.locator('[data-testid="stMetricValue"]').inner_text()
@@ -76,9 +83,7 @@ def test_move_a_control_and_the_numbers_and_plot_change(server):
     url, _ = server
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        browser = launch(p)
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
         hosts = set()
         page.on("request", lambda req: hosts.add(urlparse(req.url).hostname))

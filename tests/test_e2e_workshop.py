@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 import pytest
 
 from dashboard import lessons
-from tests.test_e2e_browser import ARTIFACTS, CHROMIUM, pytestmark, server  # noqa: F401  (fixture)
+from tests.test_e2e_browser import ARTIFACTS, launch, pytestmark, server  # noqa: F401  (fixture)
 
 WAIT = 180_000
 SETTLED = """() => !document.querySelector('[data-testid="stSpinner"]')
@@ -66,9 +66,7 @@ def test_a_class_walks_the_lesson_path(server, width, tmp_path):
     url, _ = server
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        browser = launch(p)
         page = browser.new_page(viewport={"width": width, "height": 900}, accept_downloads=True)
         hosts = set()
         page.on("request", lambda req: hosts.add(urlparse(req.url).hostname))

@@ -83,9 +83,9 @@ st.markdown("Everyone exports their results; one person (or everyone) imports th
             "the machine it was measured on, so laptops never mix: the Frontier page can then draw each machine's "
             "frontier over yours.")
 left, right = st.columns(2)
-with left, ui.guard("Could not export the results"):
-    data = api.export_results(db)
-    st.download_button("Export my results", data, "my-results.json", "application/json", key="results_export",
+with left:  # the file is written when the button is pressed, not on every run of this page
+    st.download_button("Export my results", lambda: api.export_results(db), "my-results.json", "application/json",
+                       key="results_export",
                        help="Every row in this dashboard's store, with the machine each was measured on.")
 with right:
     upload = st.file_uploader("Import results", type=["json"], key="results_import", max_upload_size=64,

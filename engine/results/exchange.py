@@ -36,11 +36,11 @@ def export_results(db: str | Path, model: str | None = None) -> bytes:
     return (json.dumps(doc, default=str) + "\n").encode()
 
 
-def _result(data: Any) -> Result:
-    """One row of an imported file as a Result, or ValueError saying why it is not one."""
+def _result(data: Any) -> tuple[Result, Recipe]:
+    """One row of an imported file as a Result and its Recipe, or ValueError saying why it is not one."""
     try:
         result = Result.from_dict(data)
-        Recipe.from_dict(result.recipe)
+        recipe = Recipe.from_dict(result.recipe)
     except (TypeError, ValueError, UserError) as exc:
         raise ValueError(f"not a valid measurement ({str(exc)[:80]})") from None
     device = result.device
@@ -52,7 +52,7 @@ def _result(data: Any) -> Result:
         raise ValueError(f"model {result.model[:60]!r} is not registered here") from None
     if clean({"id": 0, **flatten(result)}) is None:
         raise ValueError("holds values that are not finite numbers or text")
-    return result
+    return result, recipe
 
 
 def import_results(db: str | Path, data: bytes) -> dict[str, Any]:
@@ -75,13 +75,13 @@ def import_results(db: str | Path, data: bytes) -> dict[str, Any]:
         before = store.count()
         for data in doc["results"]:
             try:
-                result = _result(data)
+                result, recipe = _result(data)
             except ValueError as exc:
                 skipped[str(exc)] = skipped.get(str(exc), 0) + 1
                 continue
-            stored = store.get(Recipe.from_dict(result.recipe), result.device["id"])
+            stored = store.get(recipe, result.device["id"])
             store.put(result)
-            now = store.get(Recipe.from_dict(result.recipe), result.device["id"])
+            now = store.get(recipe, result.device["id"])  # put keeps the better of the two: which one is it?
             changed = stored is None or (now is not None and now[1].measured_at != stored[1].measured_at)
             added += changed
             kept += not changed
