@@ -104,7 +104,10 @@ def test_move_a_control_and_the_numbers_and_plot_change(server):
                 const c = cards.find(e => e.innerText.includes('Stored size'));
                 return c && !c.innerText.includes(before) && !document.querySelector('[data-testid="stSpinner"]');
             }""", arg=size_before, timeout=90_000)
-        page.wait_for_timeout(1500)
+        # The plot is drawn after the cards: wait until the new configuration has joined it.
+        page.wait_for_function(
+            """(before) => document.querySelectorAll('.js-plotly-plot .scatterlayer .point').length > before""",
+            arg=points_before, timeout=90_000)
         size_after = _metric(page, "Stored size")
         points_after = page.locator(".js-plotly-plot .scatterlayer .point").count()
         page.screenshot(path=str(ARTIFACTS / "dashboard-explore-after.png"), full_page=True)
