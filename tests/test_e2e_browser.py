@@ -104,12 +104,18 @@ def test_move_a_control_and_the_numbers_and_plot_change(server):
                 const c = cards.find(e => e.innerText.includes('Stored size'));
                 return c && !c.innerText.includes(before) && !document.querySelector('[data-testid="stSpinner"]');
             }""", arg=size_before, timeout=90_000)
-        # The plot is drawn after the cards: wait until the new configuration has joined it.
-        page.wait_for_function(
-            """(before) => document.querySelectorAll('.js-plotly-plot .scatterlayer .point').length > before""",
-            arg=points_before, timeout=90_000)
+        # The plot is drawn after the cards and redrawn while the starter grid fills it (a redraw briefly holds
+        # the old and the new plot): wait until the count is steady and larger than before.
+        points = lambda: page.locator(".js-plotly-plot .scatterlayer .point").count()  # noqa: E731
+        deadline, last = time.time() + 90, -1
+        while time.time() < deadline:
+            now = points()
+            if now == last and now > points_before:
+                break
+            last = now
+            page.wait_for_timeout(1000)
         size_after = _metric(page, "Stored size")
-        points_after = page.locator(".js-plotly-plot .scatterlayer .point").count()
+        points_after = points()
         page.screenshot(path=str(ARTIFACTS / "dashboard-explore-after.png"), full_page=True)
         browser.close()
     assert size_after != size_before
