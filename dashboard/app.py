@@ -11,11 +11,15 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the defaults download nothing
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+from engine.measure.worker import shared  # noqa: E402
+
+if shared().pid is None:  # first thing: torch loads in the measuring process while this one imports the rest
+    shared().start()
+
 import streamlit as st  # noqa: E402
 
 from dashboard import state, ui  # noqa: E402
 from engine import api  # noqa: E402
-from engine.core.hardware import detect  # noqa: E402
 from engine.models import model_names  # noqa: E402
 
 # No icons: the icon font behind ":material/...:" names is fetched from the network (an offline room has none),
@@ -23,6 +27,9 @@ from engine.models import model_names  # noqa: E402
 st.set_page_config(page_title="Compression trade-offs", layout="wide")
 ui.style()
 state.init()
+if st.session_state.get("_preloaded") != st.session_state["model"]:  # loaded while this page draws
+    api.worker().start(preload=st.session_state["model"])
+    st.session_state["_preloaded"] = st.session_state["model"]
 
 PAGES = {
     "explore": st.Page("app_pages/explore.py", title="Explore", default=True),
@@ -37,9 +44,9 @@ st.session_state["_pages"] = PAGES
 with st.sidebar:
     st.selectbox("Model", model_names(), key="model", help="Registered models (sample models ship offline).")
     with ui.guard("This model cannot be loaded"):
-        spec = api.check_model(st.session_state["model"])
+        spec = state.model_info(st.session_state["model"])
     st.caption(f"{spec.task}. {'Fidelity' if spec.metric_kind == 'fidelity' else 'Metric'}: {spec.metric}.")
-    hw = detect()
+    hw = api.worker().hardware  # the measuring process's machine (this process never loads torch)
     if hw.gpu_name:
         st.radio("Device", ["cpu", "cuda"], key="device", horizontal=True,
                  help=f"{hw.gpu_name}: latency CUDA-synchronised, energy from NVML's counter.")

@@ -19,7 +19,7 @@ def sidebar() -> None:
         st.radio("Pruning method", ["structured", "magnitude"], key="prune_method", horizontal=True,
                  help="structured removes whole channels/heads (tensors shrink, kernels get faster); magnitude zeroes "
                       "single weights (smaller when stored sparse, but the dense kernel runs as before).")
-        can_finetune = api.check_model(s["model"]).finetune is not None
+        can_finetune = state.model_info(s["model"]).can_finetune
         st.slider("Fine-tune epochs after pruning", 0, 10, key="finetune_epochs",
                   disabled=not can_finetune or s["prune_amount"] == 0,
                   help="Retrain the pruned model briefly on its training data (zeros stay zero). "

@@ -22,6 +22,11 @@ DEFAULTS = {
 }
 
 
+def model_info(name: str):
+    """The model's description (ModelInfo), read by the measuring process: this one never loads torch."""
+    return api.describe_model(name, via=api.worker())
+
+
 def db_path() -> str:
     """The results store: $COMPRESSION_DASH_DB, else results.db beside the code."""
     return os.environ.get(DB_ENV) or str(ROOT / "results.db")
@@ -46,9 +51,9 @@ def recipe_from_state() -> Recipe:
     """Build the Recipe the controls describe (raises UserError for a combination that cannot run)."""
     s = st.session_state
     amount = float(s["prune_amount"])
-    can_finetune = api.check_model(s["model"]).finetune is not None  # the control is disabled where it cannot apply
+    can_finetune = model_info(s["model"]).can_finetune  # the control is disabled where it cannot apply
     return api.recipe_from_fields(
-        s["model"], prune=amount, prune_method=s["prune_method"],
+        s["model"], via=api.worker(), prune=amount, prune_method=s["prune_method"],
         finetune_epochs=int(s["finetune_epochs"]) if can_finetune else 0,
         bits=None if s["bits"] == "none" else int(s["bits"]), scheme=None if s["scheme"] == "auto" else s["scheme"],
         granularity=s["granularity"], precision=s["precision"], device=s["device"], batch_size=int(s["batch_size"]),

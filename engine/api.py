@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engine import __version__
-from engine.core.errors import UserError
+from engine.core.errors import NO_CUDA, UserError
 from engine.core.recipe import Recipe
 from engine.core.result import Result
 from engine.measure.fingerprint import fingerprint
@@ -66,6 +66,14 @@ def check_model(name: str):
     return get_spec(name)
 
 
+def describe_model(name: str, via: Worker | None = None):
+    """What a front end shows about a model (ModelInfo). With `via`, the measuring process reads it, so the
+    front end's own process never loads torch or a tokenizer. Raises UserError for an unknown model."""
+    if via is not None:
+        return via.describe(name)
+    return check_model(name).info()
+
+
 def load_model(name: str) -> None:
     """Load the model now (cached for the process): a folder that cannot load is a UserError before any work."""
     from engine.measure.run import base_model
@@ -74,14 +82,24 @@ def load_model(name: str) -> None:
     base_model(name)
 
 
-def recipe_from_fields(model: str, **fields: Any) -> Recipe:
-    """The one way flat controls (CLI flags, dashboard widgets) become a Recipe: values, model and device checked."""
+def recipe_from_fields(model: str, via: Worker | None = None, **fields: Any) -> Recipe:
+    """The one way flat controls (CLI flags, dashboard widgets) become a Recipe: values, model and device checked
+    (with `via`, by the measuring process that will run it, so this process never loads torch)."""
+    recipe = Recipe.from_fields(model, **fields)
+    _check_runnable(recipe.model, recipe.device, via)
+    return recipe
+
+
+def _check_runnable(model: str, device: str, via: Worker | None) -> None:
+    if via is not None:
+        via.describe(model)
+        if device == "cuda" and not via.hardware.gpu_name:
+            raise UserError(NO_CUDA)
+        return
     from engine.compress.pipeline import check_device
 
-    recipe = Recipe.from_fields(model, **fields)
-    check_model(recipe.model)
-    check_device(recipe.device)
-    return recipe
+    check_model(model)
+    check_device(device)
 
 
 def models() -> list[dict[str, Any]]:
@@ -125,7 +143,7 @@ def measure_or_load(recipe: Recipe, db: str | Path, profile: str = "quick", via:
 
     `via`: measure in that worker process instead of this one. `fresh`: measure even if stored (the
     store still keeps the better of the two: a busy re-measure does not replace a quiet row)."""
-    check_model(recipe.model)
+    describe_model(recipe.model, via)
     check_profile(profile)
     dev = fingerprint()["id"]
     if not fresh:
@@ -163,24 +181,25 @@ def baseline_of(recipe: Recipe, db: str | Path, via: Worker | None = None) -> Me
 
 
 # --- sweeps ---------------------------------------------------------------------------------------------
-def sweep_grid(model: str, **axes: Any) -> tuple[list[Recipe], list[str]]:
+def sweep_grid(model: str, via: Worker | None = None, **axes: Any) -> tuple[list[Recipe], list[str]]:
     """The recipes of a grid (see results.sweep.expand_grid) after checking the model and device."""
-    from engine.compress.pipeline import check_device
-
-    check_model(model)
     recipes, skipped = expand_grid(model, **axes)
-    check_device(recipes[0].device)
+    _check_runnable(model, recipes[0].device, via)
     return recipes, skipped
 
 
-def seed_grid(model: str) -> list[Recipe]:
+def seed_grid(model: str, via: Worker | None = None) -> list[Recipe]:
     """The starter grid; smaller for large models, whose every point takes seconds on a laptop CPU."""
-    from engine.measure.run import base_model
-
     grid = dict(SEED_GRID)
-    if sum(p.numel() for p in base_model(model)[0].parameters()) > LARGE_MODEL_PARAMS:
+    if via is not None:
+        parameters = via.describe(model).parameters
+    else:
+        from engine.measure.run import base_model
+
+        parameters = sum(p.numel() for p in base_model(model)[0].parameters())
+    if parameters > LARGE_MODEL_PARAMS:
         grid.update(methods=["structured"], bits=[None, 8])
-    return sweep_grid(model, **grid)[0]
+    return sweep_grid(model, via, **grid)[0]
 
 
 def missing(recipes: list[Recipe], db: str | Path, profile: str = "quick", remeasure_contended: bool = False

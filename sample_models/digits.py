@@ -5,7 +5,10 @@ normalisation live here so training and evaluation can never disagree.
 """
 from __future__ import annotations
 
+import importlib.util
+import json
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,20 +18,31 @@ SPLIT_SEED = 0
 TEST_FRACTION = 0.25
 
 
+SPLIT_FILE = Path(__file__).with_name("digits-split.json")
+
+
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, 8, 8) float32 in 0..16, labels): scikit-learn's bundled digits.csv.gz, read as its
+    `load_digits` reads it, but without importing scikit-learn (about 3 s of imports before a first number)."""
+    package = Path(importlib.util.find_spec("sklearn").submodule_search_locations[0])
+    data = np.loadtxt(package / "datasets" / "data" / "digits.csv.gz", delimiter=",", dtype=np.float32)
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
+
+
+def split_indices() -> tuple[list[int], list[int]]:
+    """(train, test) row order of scikit-learn's stratified `train_test_split` (TEST_FRACTION, SPLIT_SEED),
+    computed once by `python -m sample_models.train --write-split` and committed; a test checks it still is."""
+    split = json.loads(SPLIT_FILE.read_text())
+    return split["train"], split["test"]
+
+
 @lru_cache(maxsize=1)
 def digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_train, y_train, x_test, y_test); images as float32 in [0, 1], shape (N, 1, 8, 8)."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    data = load_digits()
-    x = (data.images.astype(np.float32) / 16.0)[:, None, :, :]
-    y = data.target.astype(np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=y
-    )
-    return (torch.from_numpy(x_tr), torch.from_numpy(y_tr),
-            torch.from_numpy(x_te), torch.from_numpy(y_te))
+    images, labels = digits_arrays()
+    x, (train, test) = (images / 16.0)[:, None, :, :], split_indices()
+    return (torch.from_numpy(x[train]), torch.from_numpy(labels[train]),
+            torch.from_numpy(x[test]), torch.from_numpy(labels[test]))
 
 
 class DigitsMLP(nn.Module):

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from sample_models.digits import ARCHITECTURES, SPLIT_SEED, TEST_FRACTION, digits_split
+from sample_models.digits import ARCHITECTURES, SPLIT_FILE, SPLIT_SEED, TEST_FRACTION, digits_arrays, digits_split
 
 HERE = Path(__file__).resolve().parent
 SEED = 1234
@@ -68,10 +68,23 @@ def train_one(name: str, out_dir: Path = HERE) -> dict:
     return card
 
 
+def sklearn_split() -> dict[str, list[int]]:
+    """The fixed split, as scikit-learn's stratified `train_test_split` draws it (row indices, in its order)."""
+    from sklearn.model_selection import train_test_split
+
+    labels = digits_arrays()[1]
+    train, test = train_test_split(list(range(len(labels))), test_size=TEST_FRACTION, random_state=SPLIT_SEED,
+                                   stratify=labels)
+    return {"train": [int(i) for i in train], "test": [int(i) for i in test]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(ARCHITECTURES), action="append")
+    parser.add_argument("--write-split", action="store_true", help=f"write {SPLIT_FILE.name} first")
     args = parser.parse_args()
+    if args.write_split:
+        SPLIT_FILE.write_text(json.dumps(sklearn_split()) + "\n")
     for name in args.model or sorted(ARCHITECTURES):
         card = train_one(name)
         print(f"{name}: test accuracy {card['test_accuracy']:.4f}, {card['parameters']} parameters")

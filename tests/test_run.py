@@ -75,3 +75,12 @@ def test_bad_threads_are_refused():
     for bad in (0, -1, 10**6, True, 1.5, "2"):
         with pytest.raises(UserError, match="threads"):
             Recipe(model="digits-mlp", threads=bad)
+
+
+def test_the_committed_digits_split_is_scikit_learns():
+    """The samples read the split from a file (no scikit-learn import before a first number): it must be the
+    split they were trained and carded on."""
+    from sample_models.digits import split_indices
+    from sample_models.train import sklearn_split
+
+    assert split_indices() == tuple(sklearn_split().values())

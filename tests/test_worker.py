@@ -84,3 +84,36 @@ def test_a_worker_killed_mid_configuration_leaves_a_failed_row(tmp_path):
         assert n == distinct == len(recipes) and any("stopped while running" in e for e in errors)
     finally:
         w.close()
+
+
+def test_the_worker_describes_models_and_its_machine(worker):
+    """A front end reads what it shows from the measuring process (so it never loads torch itself)."""
+    info = worker.describe("digits-mlp")
+    assert info.metric_kind == "accuracy" and info.can_finetune and info.parameters == 50_610
+    assert worker.hardware.logical_cores >= 1
+    with pytest.raises(UserError, match="unknown model"):
+        worker.describe("no-such-model")
+    with pytest.raises(UserError, match="unknown model"):
+        api.recipe_from_fields("no-such-model", via=worker)
+
+
+def test_the_dashboard_server_never_loads_torch(tmp_path):
+    """The first screen waits on one torch import (in the measuring process), not two: the server's own
+    process shows Explore, measured, without importing torch or transformers."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    script = f"""
+import sys
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file({str(ROOT / 'dashboard' / 'app.py')!r}, default_timeout=180).run()
+assert not at.exception, [e.value for e in at.exception]
+assert at.metric, "no metric shown"
+heavy = [m for m in ("torch", "transformers", "sklearn") if m in sys.modules]
+print("HEAVY", heavy)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                         env={**os.environ, "COMPRESSION_DASH_DB": str(tmp_path / "r.db")})
+    assert "HEAVY []" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]

@@ -57,7 +57,7 @@ st.subheader("Where this point sits")
 with ui.guard("Could not start the starter grid"):
     status = ui.job_status(f"seed-{recipe.model}")
     if status is None:
-        ui.start_background(f"seed-{recipe.model}", api.seed_grid(recipe.model), db)
+        ui.start_background(f"seed-{recipe.model}", api.seed_grid(recipe.model, via=worker), db)
 cost = st.selectbox("Against", ["latency", "speedup", "size", "memory", "energy"], key="explore_cost",
                     help="speedup: paired with the uncompressed model, so it holds when the machine is busy.")
 with ui.guard("Could not draw the frontier"):

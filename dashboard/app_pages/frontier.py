@@ -12,7 +12,7 @@ db = state.db_path()
 model = st.session_state["model"]
 ui.back_to_workshop()
 st.title(f"Pareto frontier · {model}")
-metric_kind = api.check_model(model).metric_kind
+metric_kind = state.model_info(model).metric_kind
 metric = "fidelity" if metric_kind == "fidelity" else "accuracy"
 
 costs = [k for k in OBJECTIVES if k != "accuracy"]

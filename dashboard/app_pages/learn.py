@@ -4,8 +4,8 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import charts, controls, state, ui
+from engine import api
 from engine.compress.views import layer_views
-from engine.core.hardware import detect
 from engine.core.recipe import Recipe
 
 controls.sidebar()
@@ -85,7 +85,7 @@ st.caption("Each cell is a block of the weight matrix: rows are output channels 
               f"{'×'.join(map(str, v.shape_after))}), which is why it runs faster." if shrunk else ""))
 
 st.subheader("Why smaller is not always faster on this machine")
-hw = detect()
+hw = api.worker().hardware
 st.markdown(f"""
 - This processor: **{hw.cpu_model}**, {hw.logical_cores} cores; instruction sets that matter here:
   {', '.join(hw.cpu_flags) or 'none detected'}.

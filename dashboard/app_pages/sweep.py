@@ -31,7 +31,7 @@ profile = st.radio("Measurement profile", ["quick", "thorough"], horizontal=True
 remeasure = st.checkbox("Also measure again the points measured on a busy machine", key="sw_remeasure")
 
 with ui.guard("This grid cannot run"):
-    recipes, skipped = api.sweep_grid(model, prune=amounts or [0.0], methods=methods or ["magnitude"],
+    recipes, skipped = api.sweep_grid(model, via=api.worker(), prune=amounts or [0.0], methods=methods or ["magnitude"],
                                       bits=[None if b == "none" else int(b) for b in bits] or [None],
                                       precisions=precisions or ["fp32"], runtimes=runtimes or ["eager"])
     todo = api.missing(recipes, db, profile, remeasure_contended=remeasure)
@@ -67,4 +67,4 @@ elif running and st.session_state.get("_sweep_stop_asked"):
     st.info("Stopping after the configuration being measured…")
 
 with ui.guard("Could not draw the frontier"):
-    ui.live_frontier(model, db, f"sweep-{model}", "latency", None, api.check_model(model).metric_kind, "sweep_chart")
+    ui.live_frontier(model, db, f"sweep-{model}", "latency", None, state.model_info(model).metric_kind, "sweep_chart")

@@ -6,13 +6,12 @@ import streamlit as st
 
 from dashboard import controls, lessons, state, ui
 from engine import api
-from engine.core.hardware import detect
 
 db = state.db_path()
 s = st.session_state
 controls.sidebar()
 model = s["model"]
-spec = api.check_model(model)
+spec = state.model_info(model)
 done: set[str] = s.setdefault("lesson_done", set())
 
 st.title("Workshop")
@@ -40,7 +39,7 @@ def facts(ex: lessons.Exercise) -> lessons.Facts:
         best = min(allowed, key=lambda r: r["latency_p50_ms"], default=None)
         front = {"best": best, "eligible": len(allowed),
                  "metric": "fidelity" if spec.metric_kind == "fidelity" else "accuracy"}
-    return lessons.Facts(results, detect(), front)
+    return lessons.Facts(results, api.worker().hardware, front)
 
 
 def mark(key: str) -> None:
@@ -51,7 +50,7 @@ def mark(key: str) -> None:
 for ex in lessons.EXERCISES:
     with st.expander(("✓ " if ex.key in done else "") + ex.title, expanded=ex is lessons.EXERCISES[0]):
         st.markdown(f"**Goal.** {ex.goal}")
-        if ex.needs_finetune and spec.finetune is None:
+        if ex.needs_finetune and not spec.can_finetune:
             st.info(f"{model} ships no training data to fine-tune on: choose digits-cnn or digits-mlp in the "
                     "sidebar for this exercise.")
         elif ex.presets:
@@ -67,7 +66,7 @@ for ex in lessons.EXERCISES:
                 s["lesson_active"] = True
                 st.switch_page(s["_pages"][ex.page])
         st.markdown(f"**Question.** {ex.question}")
-        if s.get(f"reveal_{ex.key}") and not (ex.needs_finetune and spec.finetune is None):
+        if s.get(f"reveal_{ex.key}") and not (ex.needs_finetune and not spec.can_finetune):
             with ui.guard("Could not measure the presets"):
                 answer = ex.answer(facts(ex))
             st.success(answer)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from engine.compress import codec, precision, prune, quantize, sparse
-from engine.core.errors import UserError
+from engine.core.errors import NO_CUDA, UserError
 from engine.core.hardware import precision_note
 from engine.core.recipe import Recipe
 from engine.core.result import Kernel
@@ -37,7 +37,7 @@ class Applied:
 
 def check_device(device: str) -> None:
     if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda cannot run here: no CUDA GPU is visible to PyTorch; use device cpu")
+        raise UserError(NO_CUDA)
 
 
 def _count(model: nn.Module) -> tuple[int, int, int]:
@@ -49,6 +49,23 @@ def _count(model: nn.Module) -> tuple[int, int, int]:
     return total, nonzero, nbytes
 
 
+# Storage length per (model, prune, quantize, precision): a sweep over batch sizes, threads or runtimes stores
+# the same bytes, and encoding a transformer takes seconds. Keyed by the source model object, which each
+# entry keeps alive (so its id is never reused for another model while the entry exists); models are never
+# mutated by `apply`.
+_SIZES: dict[tuple, tuple[nn.Module, int]] = {}
+SIZES_KEPT = 64
+
+
+def _storage_size(source: nn.Module, out: Applied, recipe: Recipe) -> int:
+    key = (id(source), recipe.prune, recipe.quantize, recipe.precision)
+    if key not in _SIZES:
+        if len(_SIZES) >= SIZES_KEPT:
+            _SIZES.pop(next(iter(_SIZES)))
+        _SIZES[key] = (source, len(codec.encode(out.storage_state, out.quant, precision.DTYPES[recipe.precision])))
+    return _SIZES[key][1]
+
+
 def apply(model: nn.Module, recipe: Recipe, spec: ModelSpec, kernels: bool = True) -> Applied:
     """Return a compressed copy of `model` (never mutated) and the provenance of every step.
 
@@ -56,7 +73,7 @@ def apply(model: nn.Module, recipe: Recipe, spec: ModelSpec, kernels: bool = Tru
     export and storage need); otherwise the fastest real kernels are selected for it.
     """
     check_device(recipe.device)
-    model = copy.deepcopy(model).eval()
+    source, model = model, copy.deepcopy(model).eval()
     out = Applied(model=model)
     step = recipe.prune
     if step.method == "magnitude":
@@ -72,7 +89,7 @@ def apply(model: nn.Module, recipe: Recipe, spec: ModelSpec, kernels: bool = Tru
         out.warnings.append(warning)
     out.params_total, out.params_nonzero, out.param_bytes = _count(model)
     out.storage_state = {k: v.detach() for k, v in model.state_dict().items()}
-    out.size_bytes = len(codec.encode(out.storage_state, out.quant, precision.DTYPES[recipe.precision]))
+    out.size_bytes = _storage_size(source, out, recipe)
     model.to(recipe.device)
     if kernels:
         _select_kernels(out, recipe, spec)

@@ -13,5 +13,8 @@ class UnknownModelError(UserError):
     """No model is registered under that name."""
 
 
+NO_CUDA = "device=cuda cannot run here: no CUDA GPU is visible to PyTorch; use device cpu"
+
+
 class VerificationError(Exception):
     """A bundle does not match what it records (a file was changed, replaced or is missing): exit 1."""

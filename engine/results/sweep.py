@@ -16,7 +16,6 @@ from engine.core.errors import RecipeError, UserError
 from engine.core.recipe import DEVICES, PRECISIONS, PRUNE_METHODS, RUNTIMES, SCHEMES, Prune, Quantize, Recipe
 from engine.core.result import Result
 from engine.measure.fingerprint import fingerprint
-from engine.measure.run import run_recipe
 from engine.results.store import Store
 
 
@@ -113,6 +112,8 @@ def todo(recipes: list[Recipe], store: Store, profile: str, retry_failed: bool =
 
 def measure_and_store(recipe: Recipe, store: Store, profile: str) -> tuple[Result, int]:
     """Measure one configuration and store it; a configuration the machine cannot run becomes a failed row."""
+    from engine.measure.run import run_recipe  # here: importing it loads torch, which a front end never needs
+
     try:
         result = run_recipe(recipe, profile=profile)
     except UserError as exc:  # e.g. a cuda recipe on a machine without a GPU: recorded, the sweep goes on
