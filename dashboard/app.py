@@ -18,15 +18,17 @@ if shared().pid is None:  # first thing: torch loads in the measuring process wh
 
 import streamlit as st  # noqa: E402
 
-from dashboard import state, ui  # noqa: E402
+from dashboard import add_model, state, ui  # noqa: E402
 from engine import api  # noqa: E402
-from engine.models import model_names  # noqa: E402
+from engine.models.user import display_name  # noqa: E402
 
 # No icons: the icon font behind ":material/...:" names is fetched from the network (an offline room has none),
 # and emoji need a colour font that not every machine has.
 st.set_page_config(page_title="Compression trade-offs", layout="wide")
 ui.style()
 state.init()
+if "_next_model" in st.session_state:  # a model just added: chosen before the picker is drawn
+    st.session_state["model"] = st.session_state.pop("_next_model")
 if st.session_state.get("_preloaded") != st.session_state["model"]:  # loaded while this page draws
     api.worker().start(preload=st.session_state["model"])
     st.session_state["_preloaded"] = st.session_state["model"]
@@ -42,7 +44,16 @@ PAGES = {
 st.session_state["_pages"] = PAGES
 
 with st.sidebar:
-    st.selectbox("Model", model_names(), key="model", help="Registered models (sample models ship offline).")
+    try:
+        choices = api.model_choices(state.db_path())
+    except api.UserError:  # a damaged store: said once, below, where the store is opened
+        choices = api.model_choices(":none:")
+    for name in [*st.session_state.get("added_models", []), st.session_state["model"]]:
+        if name not in choices:
+            choices.append(name)
+    st.selectbox("Model", choices, key="model", format_func=display_name,
+                 help="The sample models (they ship offline), and every model you added or the store holds rows of.")
+    add_model.form()
     with ui.guard("This model cannot be loaded"):
         spec = state.model_info(st.session_state["model"])
     st.caption(f"{spec.task}. {'Fidelity' if spec.metric_kind == 'fidelity' else 'Metric'}: {spec.metric}.")

@@ -66,6 +66,39 @@ def check_model(name: str):
     return get_spec(name)
 
 
+def model_name(model: str, task: str | None = None, eval_data: str | None = None) -> str:
+    """The name recipes and the store use: registered names as given; `hf:<folder or hub id>` (with `task` and
+    `eval_data`) and `py:<file.py>` checked and named with a hash of their weights and evaluation data."""
+    from engine.models.user import canonical
+
+    if not isinstance(model, str) or not model:
+        raise UserError("give a model: a registered name, hf:<folder> or py:<file.py>")
+    if (task or eval_data) and not model.startswith("hf:"):
+        raise UserError("--task and --eval-data are for hf: models only")
+    return canonical(model, task, eval_data)
+
+
+def model_choices(db: str | Path) -> list[str]:
+    """The registered models and every user model the store holds rows of (nothing is loaded)."""
+    from engine.models import model_names
+    from engine.models.user import is_user_model
+
+    names = model_names()
+    if Path(db).exists():
+        with Store(db, write=False) as store:
+            names += [m for m in store.models() if is_user_model(m) and m not in names]
+    return names
+
+
+def add_uploaded_model(model_zip: bytes, eval_name: str, eval_data: bytes, task: str, db: str | Path) -> str:
+    """A zipped Hugging Face folder and its evaluation data, unpacked (checked, weights and configs only) into a
+    folder beside the store; the model's canonical name."""
+    from engine.models.upload import store_upload
+
+    model, data = store_upload(model_zip, eval_name, eval_data, task, Path(f"{Path(db).resolve()}.models"))
+    return model_name(f"hf:{model}", task, data)
+
+
 def describe_model(name: str, via: Worker | None = None):
     """What a front end shows about a model (ModelInfo). With `via`, the measuring process reads it, so the
     front end's own process never loads torch or a tokenizer. Raises UserError for an unknown model."""

@@ -63,8 +63,29 @@ def _list(parse):
     return many
 
 
+def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", required=required,
+                   help="a registered name (see `models`), hf:<folder or hub id> (with --task and --eval-data) or "
+                        "py:<file.py> (see README, 'Use your own model')")
+    p.add_argument("--task", default=None, help="for hf: models: feature-extraction, text-classification or "
+                                                "image-classification")
+    p.add_argument("--eval-data", default=None, help="for hf: models: CSV/JSONL (text[,label]) or a folder of class "
+                                                     "folders of images")
+    p.add_argument("--allow-network", action="store_true",
+                   help="let an hf: hub id download (safetensors and configs only); off by default")
+
+
+def model_from_args(a: argparse.Namespace) -> str | None:
+    """The model's canonical name (a user model's carries a hash of its weights and evaluation data)."""
+    from engine import api
+
+    if getattr(a, "allow_network", False):
+        os.environ["HF_HUB_OFFLINE"] = "0"
+    return None if a.model is None else api.model_name(a.model, a.task, a.eval_data)
+
+
 def add_recipe_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--model", required=required, help="registered model name (see `models`)")
+    add_model_args(p, required)
     p.add_argument("--prune", type=_amount, default=0.0, help="fraction of weights/channels to remove, 0-0.99")
     p.add_argument("--prune-method", default="magnitude", help=f"one of {', '.join(PRUNE_METHODS[1:])}")
     p.add_argument("--prune-scope", default="global", help=f"one of {', '.join(PRUNE_SCOPES)}")
@@ -86,7 +107,7 @@ def recipe_from_args(a: argparse.Namespace) -> Recipe:
     from engine import api
 
     return api.recipe_from_fields(
-        a.model, prune=a.prune, prune_method=a.prune_method, prune_scope=a.prune_scope,
+        model_from_args(a), prune=a.prune, prune_method=a.prune_method, prune_scope=a.prune_scope,
         finetune_epochs=a.finetune_epochs, bits=a.bits, scheme=a.scheme, granularity=a.granularity,
         group_size=a.group_size, precision=a.precision, device=a.device, batch_size=a.batch_size,
         runtime=a.runtime, threads=a.threads)
@@ -106,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("sweep", help="measure a grid of recipes into a results store (resumable)")
-    p.add_argument("--model", required=True)
+    add_model_args(p)
     p.add_argument("--prune", type=_list(_amount), default=[0.0], help="comma-separated amounts, e.g. 0,0.3,0.6,0.9")
     p.add_argument("--prune-method", type=_list(str), default=["magnitude"], help="magnitude,structured")
     p.add_argument("--finetune-epochs", type=_int, default=0,
@@ -128,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("frontier", help="the non-dominated configurations of a model")
-    p.add_argument("--model", required=True)
+    add_model_args(p)
     p.add_argument("--db", default=DEFAULT_DB)
     p.add_argument("--objectives", default="accuracy:max,latency:min,size:min",
                    help="2-3 of accuracy,latency,size,memory,energy,params,speedup")
@@ -233,7 +254,7 @@ def cmd_sweep(a: argparse.Namespace) -> dict[str, Any]:
 
     api.check_settings()
     recipes, skipped = api.sweep_grid(
-        a.model, prune=a.prune, methods=a.prune_method, bits=a.bits, precisions=a.precision, schemes=a.scheme,
+        model_from_args(a), prune=a.prune, methods=a.prune_method, bits=a.bits, precisions=a.precision, schemes=a.scheme,
         granularity=a.granularity, group_size=a.group_size, device=a.device, batch_size=a.batch_size,
         finetune_epochs=a.finetune_epochs, runtimes=a.runtime, threads=a.threads)
     for s in skipped:
@@ -276,7 +297,7 @@ def print_sweep(out: dict[str, Any]) -> None:
 def cmd_frontier(a: argparse.Namespace) -> dict[str, Any]:
     from engine import api
 
-    return api.frontier(a.model, a.db, a.objectives, a.min_accuracy, a.all_devices, a.include_contended, a.batch_size)
+    return api.frontier(model_from_args(a), a.db, a.objectives, a.min_accuracy, a.all_devices, a.include_contended, a.batch_size)
 
 
 def print_frontier(out: dict[str, Any]) -> None:

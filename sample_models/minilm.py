@@ -5,9 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-from torch import nn
-
 SENTENCES_FILE = Path(__file__).resolve().parent / "minilm_sentences.txt"
 # A user may point this at their own copy of the model or, on a connected machine, a hub id.
 SOURCE_ENV = "COMPRESSION_DASH_MINILM"
@@ -27,11 +24,3 @@ def model_source() -> str:
 def sentences() -> list[str]:
     lines = SENTENCES_FILE.read_text(encoding="utf-8").splitlines()
     return [s.strip() for s in lines if s.strip() and not s.startswith("#")]
-
-
-def embed(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean-pooled, L2-normalised sentence embeddings (the sentence-transformers recipe for this model)."""
-    hidden = model(**inputs).last_hidden_state
-    mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-    return torch.nn.functional.normalize(pooled.float(), dim=-1)

@@ -5,6 +5,7 @@ import streamlit as st
 
 from dashboard import controls, state, ui
 from engine import api
+from engine.models.user import display_name
 
 db = state.db_path()
 s = st.session_state
@@ -15,7 +16,7 @@ ui.back_to_workshop()
 st.title("Explore compression trade-offs")
 recipe = state.recipe_or_stop()
 worker = api.worker()
-st.caption(f"**{recipe.model}** · {recipe.label()} · recipe `{recipe.key}`")
+st.caption(f"**{display_name(recipe.model)}** · {recipe.label()} · recipe `{recipe.key}`")
 
 with ui.guard("Could not measure this configuration"):
     fresh = s.pop("_remeasure", None) == recipe.key  # asked on the previous run: measure first

@@ -87,6 +87,12 @@ def structured(model: nn.Module, step: Prune, spec: ModelSpec) -> Kernel:
         p.requires_grad_(False)
     if finalize is not None:
         finalize(model, pruner)
+    try:  # a layout the dependency graph misread fails here, with a reason a user can act on
+        with torch.inference_mode():
+            spec.forward(model, spec.example_inputs(1))
+    except Exception as exc:  # noqa: BLE001
+        raise RuntimeError(f"structured pruning cannot keep this architecture's shapes consistent ({type(model).__name__}: "
+                           f"{str(exc)[:160]}); use magnitude pruning, or list the layers to keep in never_prune") from None
     _finetune(model, step, spec)
     after = sum(p.numel() for p in model.parameters())
     return Kernel("prune", f"Torch-Pruning {tp.__version__} structured ({step.scope}); smaller dense kernels",

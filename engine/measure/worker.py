@@ -336,7 +336,7 @@ class Worker:
         while True:
             try:
                 msg = conn.recv()
-            except (EOFError, OSError):
+            except (EOFError, OSError, TypeError):  # TypeError: the connection was closed under us at exit
                 break
             with self._lock:
                 if "id" in msg:

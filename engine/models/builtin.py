@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.models.hf import load_model, load_tokenizer
+from engine.models.hf import transformer_structured, fidelity_score, load_model, load_tokenizer, mean_pooled
 from engine.models.registry import ModelSpec, register_model
 
 if TYPE_CHECKING:  # torch loads when a spec is built, not when names are listed (a front end lists them)
@@ -77,19 +77,6 @@ def minilm() -> ModelSpec:
     def encode(texts: list[str]) -> dict[str, torch.Tensor]:
         return dict(tokenizer(texts, padding=True, truncation=True, max_length=m.MAX_TOKENS, return_tensors="pt"))
 
-    def score(outputs: torch.Tensor, reference: torch.Tensor, k: int = 5) -> dict[str, float]:
-        out, ref = outputs.float(), reference.float()
-        cos = (out * ref).sum(-1).mean().item()
-
-        def topk(e: torch.Tensor) -> torch.Tensor:
-            sim = e @ e.T
-            sim.fill_diagonal_(-2.0)
-            return sim.topk(k, dim=1).indices
-
-        a, b = topk(out), topk(ref)
-        overlap = sum(len(set(x.tolist()) & set(y.tolist())) for x, y in zip(a, b)) / (k * len(a))
-        return {"accuracy": cos, f"top{k}_retrieval_overlap": overlap}
-
     return ModelSpec(
         name="minilm", task="sentence embedding (real pretrained transformer, 22.7 M parameters)",
         description="all-MiniLM-L6-v2 (6 layers, 12 heads, hidden 384), mean-pooled embeddings",
@@ -100,31 +87,8 @@ def minilm() -> ModelSpec:
         build=lambda: load_model(source),
         example_inputs=lambda batch: encode([sents[i % len(sents)] for i in range(batch)]),
         eval_inputs=lambda: [encode(sents)],
-        score=score, forward=m.embed, never_prune=("pooler",), structured_setup=_minilm_structured,
+        score=fidelity_score, forward=mean_pooled, never_prune=("pooler",), structured_setup=transformer_structured,
         preprocessing=f"text tokenised with the model's own tokenizer (padding, truncation to {m.MAX_TOKENS} tokens); "
                       "inputs are the tokenizer's input_ids / token_type_ids / attention_mask; output: mean-pooled, "
                       "L2-normalised sentence embeddings (batch, 384)",
     )
-
-
-def _minilm_structured(model: torch.nn.Module):
-    """Prune attention heads and FFN channels; keep the hidden size so embeddings stay comparable."""
-    num_heads, ignored = {}, [model.embeddings]
-    if getattr(model, "pooler", None) is not None:
-        ignored.append(model.pooler)
-    for layer in model.encoder.layer:
-        att = layer.attention.self
-        for lin in (att.query, att.key, att.value):
-            num_heads[lin] = att.num_attention_heads
-        ignored += [layer.attention.output.dense, layer.output.dense]
-
-    def finalize(pruned: torch.nn.Module, pruner) -> None:
-        for layer in pruned.encoder.layer:
-            att = layer.attention.self
-            heads = pruner.num_heads[att.query]
-            att.num_attention_heads = heads
-            att.all_head_size = heads * att.attention_head_size
-
-    kwargs = {"num_heads": num_heads, "prune_num_heads": True, "prune_head_dims": False,
-              "ignored_layers": ignored, "output_transform": lambda out: out.last_hidden_state}
-    return kwargs, finalize

@@ -93,3 +93,67 @@ def load_tokenizer(source: str) -> Any:
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
+
+
+def load_config(source: str) -> dict[str, Any]:
+    """The folder's config.json as data (checked by `resolve`: no remote code)."""
+    folder = Path(resolve(source))
+    return json.loads((folder / "config.json").read_text(encoding="utf-8"))
+
+
+# --- what the engine needs from a Transformers model ------------------------------------------------------
+def mean_pooled(model: Any, inputs: dict[str, Any]) -> Any:
+    """Mean-pooled, L2-normalised sentence embeddings (the sentence-transformers recipe)."""
+    import torch
+
+    hidden = model(**inputs).last_hidden_state
+    mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled.float(), dim=-1)
+
+
+def logits(model: Any, inputs: dict[str, Any]) -> Any:
+    return model(**inputs).logits
+
+
+def fidelity_score(outputs: Any, reference: Any, k: int = 5) -> dict[str, float]:
+    """Mean cosine similarity of embeddings to the uncompressed model's, and how much of each sentence's top-k
+    neighbourhood survives (what a retrieval system would notice)."""
+    out, ref = outputs.float(), reference.float()
+    cos = (out * ref).sum(-1).mean().item()
+
+    def topk(e: Any) -> Any:
+        sim = e @ e.T
+        sim.fill_diagonal_(-2.0)
+        return sim.topk(min(k, len(e) - 1), dim=1).indices
+
+    a, b = topk(out), topk(ref)
+    overlap = sum(len(set(x.tolist()) & set(y.tolist())) for x, y in zip(a, b)) / max(a.numel(), 1)
+    return {"accuracy": cos, f"top{k}_retrieval_overlap": overlap}
+
+
+def transformer_structured(model: Any) -> tuple[dict[str, Any], Any]:
+    """Torch-Pruning arguments for an encoder laid out as BERT's or ViT's (self-attention modules with query,
+    key, value and num_attention_heads; projections back to the hidden size named *output.dense): prune attention
+    heads and FFN channels, keep the hidden size (embeddings and head stay comparable), and the fix-up that
+    records the heads left. A model without such attention gets Torch-Pruning's plain dependency graph."""
+    base = getattr(model, "base_model", model)
+    attention = [m for m in base.modules()
+                 if all(hasattr(m, a) for a in ("query", "key", "value", "num_attention_heads"))]
+    if not attention:
+        return {}, None
+    num_heads = {lin: att.num_attention_heads for att in attention for lin in (att.query, att.key, att.value)}
+    ignored = [m for n, m in base.named_modules() if n == "embeddings" or n == "pooler" or n.endswith("output.dense")]
+
+    def finalize(pruned: Any, pruner: Any) -> None:  # `pruned` is `model`, pruned in place
+        for att in attention:
+            heads = pruner.num_heads[att.query]
+            att.num_attention_heads = heads
+            att.all_head_size = heads * att.attention_head_size
+
+    def output(out: Any) -> Any:
+        return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+    kwargs = {"num_heads": num_heads, "prune_num_heads": True, "prune_head_dims": False,
+              "ignored_layers": ignored, "output_transform": output}
+    return kwargs, finalize

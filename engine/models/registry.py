@@ -85,10 +85,21 @@ def model_names() -> list[str]:
 
 
 def get_spec(name: str) -> ModelSpec:
+    """The spec of a registered model or of a user model's canonical name (see engine.models.user)."""
+    if isinstance(name, str) and name in _SPECS:
+        return _SPECS[name]
+    from engine.models import user
+
+    if user.is_user_model(name):
+        if user.SEP not in name:
+            raise UnknownModelError(f"{name[:80]!r} must be added first: --model {name[:80]} with --task and "
+                                    "--eval-data (hf:), or the dashboard's 'Add a model'")
+        _SPECS[name] = user.spec_for(name)
+        return _SPECS[name]
     if not isinstance(name, str) or name not in _REGISTRY:
-        raise UnknownModelError(f"unknown model {str(name)[:80]!r}: registered models are {', '.join(_REGISTRY)}")
-    if name not in _SPECS:
-        _SPECS[name] = _REGISTRY[name]()
+        raise UnknownModelError(f"unknown model {str(name)[:80]!r}: registered models are {', '.join(_REGISTRY)}; "
+                                "your own: hf:<folder> (with --task, --eval-data) or py:<file.py>")
+    _SPECS[name] = _REGISTRY[name]()
     return _SPECS[name]
 
 

@@ -172,8 +172,8 @@ def _read_eval(path: Path, task: str) -> tuple[list[Any], list[Any]]:
         reader = csv.DictReader(io.StringIO(text))
         missing = [c for c in need if c not in (reader.fieldnames or [])]
         if missing:
-            raise UserError(f"{path} has no column {', '.join(missing)} (columns: {', '.join(reader.fieldnames or [])
-                            or 'none'}): {EVAL_HELP[task]}")
+            found = ", ".join(reader.fieldnames or []) or "none"
+            raise UserError(f"{path} has no column {', '.join(missing)} (columns: {found}): {EVAL_HELP[task]}")
         rows = list(reader)
     else:
         rows = []
@@ -328,7 +328,7 @@ def _hf_spec(name: str, folder: str, task: str, data: Path) -> ModelSpec:
         source=f"{folder} (Transformers {auto.__name__}, safetensors, no remote code)",
         build=lambda: hf.load_model(folder, auto), eval_inputs=lambda: [encode(c) for c in chunks],
         example_inputs=lambda batch: encode([texts[i % len(texts)] for i in range(batch)]),
-        structured_setup=hf.bert_structured if hf.is_bert_like(config) else None,
+        structured_setup=hf.transformer_structured,
         preprocessing="text tokenised with the model's own tokenizer (padding, truncation to 128 tokens)")
     if task == "feature-extraction":
         return ModelSpec(task="sentence embedding (your model)", score=hf.fidelity_score, forward=hf.mean_pooled,
@@ -372,7 +372,7 @@ def _hf_image_spec(name: str, folder: str, images: list[Path], labels: list[str]
         example_inputs=lambda batch: {"pixel_values": torch.cat([e["pixel_values"] for e in encoded])
                                       .repeat(-(-batch // len(images)), 1, 1, 1)[:batch]},
         score=_accuracy(targets), forward=hf.logits, never_prune=("classifier",),
-        preprocessing="images through the model's own image processor")
+        structured_setup=hf.transformer_structured, preprocessing="images through the model's own image processor")
 
 
 def _label_ids(labels: list[Any], config: dict, where: Path) -> list[int]:
