@@ -5,7 +5,6 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import state
-from engine import api
 from engine.core.recipe import RUNTIMES
 
 

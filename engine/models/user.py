@@ -276,17 +276,15 @@ def _py_spec(name: str, path: Path, module: Any) -> ModelSpec:
 
     built = module.build()
     last = [n for n, m in built.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][-1:]
-    finetune = None
-    if callable(getattr(module, "train_batches", None)):
-        def finetune(model: nn.Module, epochs: int) -> None:
-            _fit(model, module, epochs)
+    trains = callable(getattr(module, "train_batches", None))
 
     return ModelSpec(
         name=name, task=str(getattr(module, "TASK", "user model (Python file)")),
         description=f"{path.name}: {type(built).__name__}", source=f"{path} (the model contract)",
         metric=str(getattr(module, "METRIC", "accuracy as the file's score() computes it")),
         build=module.build, example_inputs=module.example_inputs, eval_inputs=lambda: [b[0] for b in batches],
-        score=score, never_prune=tuple(getattr(module, "never_prune", last)), finetune=finetune)
+        score=score, never_prune=tuple(getattr(module, "never_prune", last)),
+        finetune=(lambda model, epochs: _fit(model, module, epochs)) if trains else None)
 
 
 def _fit(model: nn.Module, module: Any, epochs: int) -> None:
