@@ -127,7 +127,7 @@ def test_a_class_walks_the_lesson_path(server, width, tmp_path):
             page.get_by_role("button", name="Export my results").click()
         saved = tmp_path / "my-results.json"
         download.value.save_as(saved)
-        page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(saved))
+        page.get_by_test_id("stMainBlockContainer").locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(saved))
         page.wait_for_selector("text=rows read", timeout=WAIT)
         assert " 0 new" in page.inner_text("body")
         check(page, "workshop-imported", width)

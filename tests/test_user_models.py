@@ -52,14 +52,25 @@ def test_an_encoder_is_scored_by_fidelity_and_an_image_classifier_by_accuracy(tm
     code, out, err = run_cli(["run", *hf_args(folder, images, "image-classification"), "--json"])
     r = json.loads(out)
     assert code == 0 and r["error"] is None and "8 images" in r["metric"], err
+    code, _, err = run_cli(["export", *hf_args(folder, images, "image-classification"), "--bits", "8", "--out",
+                            str(tmp_path / "b"), "--profile", "quick"])
+    assert code == 0, err
+    code, out, err = run_cli(["apply", "--recipe", str(tmp_path / "b"), "--json"])
+    assert code == 0 and json.loads(out)["error"] is None, err
 
 
-def test_the_python_contract_example_runs_with_fine_tuning():
-    code, out, err = run_cli(["run", "--model", "py:sample_models/contract_example.py", "--prune", "0.5",
-                              "--prune-method", "structured", "--finetune-epochs", "1", "--json"])
+def test_the_python_contract_example_runs_with_fine_tuning_and_exports(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    model = ["--model", "py:sample_models/contract_example.py"]
+    code, out, err = run_cli(["run", *model, "--prune", "0.5", "--prune-method", "structured", "--finetune-epochs", "1",
+                              "--json"])
     r = json.loads(out)
     assert code == 0 and r["error"] is None and r["accuracy"] > 0.9, err
     assert r["model"].startswith(f"py:{ROOT / 'sample_models' / 'contract_example.py'}|")
+    code, _, err = run_cli(["export", *model, "--bits", "8", "--out", str(tmp_path / "b"), "--profile", "quick"])
+    assert code == 0, err
+    code, out, err = run_cli(["apply", "--recipe", str(tmp_path / "b"), "--json"])
+    assert code == 0 and json.loads(out)["error"] is None, err
 
 
 def test_changed_weights_or_data_get_another_name_and_old_names_are_refused(cls, tmp_path):
@@ -85,6 +96,7 @@ def test_changed_weights_or_data_get_another_name_and_old_names_are_refused(cls,
     ("missing_column", "has no column text"),
     ("unknown_label", "not one the model's head knows"),
     ("no_task", "needs --task"),
+    ("empty_source", "give the folder or hub id"),
     ("not_utf8", "not UTF-8"),
 ])
 def test_hostile_folders_and_files_are_one_line_and_nothing_runs(cls, tmp_path, damage, message):
@@ -106,6 +118,8 @@ def test_hostile_folders_and_files_are_one_line_and_nothing_runs(cls, tmp_path, 
         bad_data.write_text("text,label\ngood movie,sarcastic\n")
     elif damage == "no_task":
         task = None
+    elif damage == "empty_source":
+        bad_folder = ""
     elif damage == "not_utf8":
         bad_data.write_bytes(b"text,label\n\xff\xfe,positive\n")
     args = ["run", "--model", f"hf:{bad_folder}", "--eval-data", str(bad_data)] + (["--task", task] if task else [])

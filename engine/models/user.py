@@ -73,6 +73,8 @@ def canonical(model: str, task: str | None = None, eval_data: str | None = None)
                             "--eval-data")
         path = _file(model[3:], "Python file", (".py",))
         return f"py:{path}{SEP}{_py_digest(_load_module(path))}"
+    if not model[3:].strip():
+        raise UserError("hf: needs a model: give the folder or hub id after it, e.g. hf:./my-model")
     if task not in TASKS:
         raise UserError(f"an hf: model needs --task: one of {', '.join(TASKS)}" if task is None else
                         f"task={str(task)[:40]!r} is not supported: choose one of {', '.join(TASKS)}")
