@@ -6,6 +6,7 @@ pruning left (zeros stay exactly zero), and the precision cast comes last.
 from __future__ import annotations
 
 import copy
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -50,20 +51,24 @@ def _count(model: nn.Module) -> tuple[int, int, int]:
 
 
 # Storage length per (model, prune, quantize, precision): a sweep over batch sizes, threads or runtimes stores
-# the same bytes, and encoding a transformer takes seconds. Keyed by the source model object, which each
-# entry keeps alive (so its id is never reused for another model while the entry exists); models are never
-# mutated by `apply`.
-_SIZES: dict[tuple, tuple[nn.Module, int]] = {}
-SIZES_KEPT = 64
+# the same bytes, and encoding a transformer takes seconds. Keyed by the source model object's id; an entry is
+# dropped when that model is freed (so an id is never reused for another model, and no model is kept alive).
+# Models are never mutated by `apply`.
+_SIZES: dict[tuple, int] = {}
+
+
+def _forget(model_id: int) -> None:
+    for key in [k for k in _SIZES if k[0] == model_id]:
+        del _SIZES[key]
 
 
 def _storage_size(source: nn.Module, out: Applied, recipe: Recipe) -> int:
     key = (id(source), recipe.prune, recipe.quantize, recipe.precision)
     if key not in _SIZES:
-        if len(_SIZES) >= SIZES_KEPT:
-            _SIZES.pop(next(iter(_SIZES)))
-        _SIZES[key] = (source, len(codec.encode(out.storage_state, out.quant, precision.DTYPES[recipe.precision])))
-    return _SIZES[key][1]
+        if not any(k[0] == id(source) for k in _SIZES):
+            weakref.finalize(source, _forget, id(source))
+        _SIZES[key] = len(codec.encode(out.storage_state, out.quant, precision.DTYPES[recipe.precision]))
+    return _SIZES[key]
 
 
 def apply(model: nn.Module, recipe: Recipe, spec: ModelSpec, kernels: bool = True) -> Applied:

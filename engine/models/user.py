@@ -72,7 +72,7 @@ def canonical(model: str, task: str | None = None, eval_data: str | None = None)
             raise UserError("a py: model brings its own task and evaluation data (eval_batches): drop --task and "
                             "--eval-data")
         path = _file(model[3:], "Python file", (".py",))
-        return f"py:{path}{SEP}{_py_digest(_load_module(path))}"
+        return f"py:{path}{SEP}{_py_digest(*_py_contents(_load_module(path), path))}"
     if not model[3:].strip():
         raise UserError("hf: needs a model: give the folder or hub id after it, e.g. hf:./my-model")
     if task not in TASKS:
@@ -101,8 +101,9 @@ def spec_for(name: str) -> ModelSpec:
             raise UserError(f"{name[:120]!r} is not a model name: use py:<file.py>")
         path, digest = Path(parts[0]), parts[1]
         module = _load_module(_file(str(path), "Python file", (".py",)))
-        _same(name, digest, _py_digest(module))
-        return _py_spec(name, path, module)
+        built, batches = _py_contents(module, path)
+        _same(name, digest, _py_digest(built, batches))
+        return _py_spec(name, path, module, built, batches)
     if len(parts) != 4:
         raise UserError(f"{name[:120]!r} is not a model name: use hf:<folder or hub id> with --task and --eval-data")
     folder, task, data, digest = parts
@@ -229,14 +230,22 @@ def _hf_digest(folder: Path, task: str, data: Path) -> str:
     return h.hexdigest()[:12]
 
 
-def _py_digest(module: Any) -> str:
+def _py_contents(module: Any, path: Path) -> tuple[nn.Module, list[tuple[Any, Any]]]:
+    """The model the file builds and its evaluation batches, read once for both the name and the spec."""
+    batches = list(module.eval_batches())
+    if not batches:
+        raise UserError(f"{path}: eval_batches() yielded nothing")
+    return module.build(), batches
+
+
+def _py_digest(built: nn.Module, batches: list[tuple[Any, Any]]) -> str:
     """The weights the file builds and the evaluation data it yields (its code can change neither unseen)."""
     import torch
 
     h = hashlib.sha256()
-    for name, t in sorted(module.build().state_dict().items()):
+    for name, t in sorted(built.state_dict().items()):
         h.update(name.encode() + b"\0" + t.detach().cpu().contiguous().numpy().tobytes())
-    for inputs, targets in module.eval_batches():
+    for inputs, targets in batches:
         for t in (list(inputs.values()) if isinstance(inputs, dict) else [inputs]) + [targets]:
             h.update(torch.as_tensor(t).detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:12]
@@ -262,12 +271,9 @@ def _load_module(path: Path) -> Any:
     return module
 
 
-def _py_spec(name: str, path: Path, module: Any) -> ModelSpec:
+def _py_spec(name: str, path: Path, module: Any, built: nn.Module, batches: list[tuple[Any, Any]]) -> ModelSpec:
     import torch
 
-    batches = list(module.eval_batches())
-    if not batches:
-        raise UserError(f"{path}: eval_batches() yielded nothing")
     targets = torch.cat([torch.as_tensor(t) for _, t in batches])
 
     def score(outputs: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
@@ -276,7 +282,6 @@ def _py_spec(name: str, path: Path, module: Any) -> ModelSpec:
             raise UserError(f"{path}: score() must return a dict with 'accuracy'")
         return {k: float(v) for k, v in scores.items()}
 
-    built = module.build()
     last = [n for n, m in built.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][-1:]
     trains = callable(getattr(module, "train_batches", None))
 
