@@ -41,8 +41,9 @@ def digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tens
     """(x_train, y_train, x_test, y_test); images as float32 in [0, 1], shape (N, 1, 8, 8)."""
     images, labels = digits_arrays()
     x, (train, test) = (images / 16.0)[:, None, :, :], split_indices()
-    return (torch.from_numpy(x[train]), torch.from_numpy(labels[train]),
-            torch.from_numpy(x[test]), torch.from_numpy(labels[test]))
+    with torch.inference_mode(False):  # cached: a first call inside inference mode must not taint fine-tuning
+        return (torch.from_numpy(x[train]), torch.from_numpy(labels[train]),
+                torch.from_numpy(x[test]), torch.from_numpy(labels[test]))
 
 
 class DigitsMLP(nn.Module):

@@ -198,3 +198,15 @@ def test_an_upload_over_the_cap_or_not_a_zip_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(upload, "MAX_UPLOAD_BYTES", 10)
     with pytest.raises(UserError, match="larger than"):
         api.add_uploaded_model(b"x" * 11, "e.csv", b"", "text-classification", tmp_path / "r.db")
+
+
+def test_fine_tuning_works_after_the_data_was_first_read_in_inference_mode():
+    """The digits split is cached: read first inside inference mode (an evaluation), it must still train."""
+    import torch
+
+    from sample_models.digits import digits_split
+
+    digits_split.cache_clear()
+    with torch.inference_mode():
+        digits_split()
+    assert not digits_split()[0].is_inference()

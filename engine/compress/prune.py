@@ -88,7 +88,7 @@ def structured(model: nn.Module, step: Prune, spec: ModelSpec) -> Kernel:
     if finalize is not None:
         finalize(model, pruner)
     try:  # a layout the dependency graph misread fails here, with a reason a user can act on
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: tensors a model caches here may be trained next
             spec.forward(model, spec.example_inputs(1))
     except Exception as exc:  # noqa: BLE001
         raise RuntimeError(f"structured pruning cannot keep this architecture's shapes consistent ({type(model).__name__}: "
