@@ -23,7 +23,7 @@ st.progress(len(done & {e.key for e in lessons.EXERCISES}) / len(lessons.EXERCIS
 
 
 def recipe_of(preset: lessons.Preset):
-    return api.recipe_from_fields(model, device=s["device"], **preset.fields)
+    return api.recipe_from_fields(model, via=api.worker(), device=s["device"], **preset.fields)
 
 
 def facts(ex: lessons.Exercise) -> lessons.Facts:
