@@ -56,7 +56,7 @@ with st.sidebar:
     add_model.form()
     with ui.guard("This model cannot be loaded"):
         spec = state.model_info(st.session_state["model"])
-    st.caption(f"{spec.task}. {'Fidelity' if spec.metric_kind == 'fidelity' else 'Metric'}: {spec.metric}.")
+    st.caption(f"{spec.task}. Metric: {spec.metric}.")
     hw = api.worker().hardware  # the measuring process's machine (this process never loads torch)
     if hw.gpu_name:
         st.radio("Device", ["cpu", "cuda"], key="device", horizontal=True,

@@ -121,3 +121,42 @@ def test_move_a_control_and_the_numbers_and_plot_change(server):
     assert size_after != size_before
     assert points_after > points_before  # the new configuration joined the plot
     assert hosts <= {"localhost", "127.0.0.1", None}, hosts  # nothing asked of any other host
+
+
+def test_add_a_model_by_upload_in_the_sidebar(server, tmp_path):
+    """A user zips their Transformers folder, uploads it with a CSV, and it becomes the model being measured."""
+    from playwright.sync_api import sync_playwright
+
+    from tests import user_models as u
+
+    folder, data = u.bert(tmp_path / "my-classifier"), u.texts(tmp_path / "eval.csv")
+    archive = shutil.make_archive(str(tmp_path / "my-classifier"), "zip", tmp_path, "my-classifier")
+    url, _ = server
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 800, "height": 1000})
+        page.goto(url)
+        page.wait_for_selector('[data-testid="stMetric"]', timeout=90_000)
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        if not sidebar.is_visible():  # at 800 px the sidebar starts collapsed
+            page.locator('[data-testid="stExpandSidebarButton"], [data-testid="stSidebarCollapsedControl"] button') \
+                .first.click()
+        sidebar.get_by_text("Add a model").click()
+        sidebar.locator('[data-testid="stSelectbox"]', has_text="Task").click()
+        page.get_by_role("option", name="text-classification").click()
+        sidebar.get_by_role("tab", name="Upload").click()
+        uploads = sidebar.locator('[data-testid="stFileUploader"] input[type="file"]')
+        uploads.nth(0).set_input_files(archive)
+        uploads.nth(1).set_input_files(str(data))
+        button = sidebar.get_by_role("button", name="Add upload")
+        page.wait_for_function("(b) => !b.disabled", arg=button.element_handle(), timeout=30_000)
+        button.click()
+        main = page.locator('[data-testid="stMainBlockContainer"]')  # the explore page names the current model
+        main.get_by_text("hf:my-classifier (text-classification)").first.wait_for(timeout=120_000)
+        page.wait_for_function(
+            """() => !document.querySelector('[data-testid="stSpinner"]')
+                  && [...document.querySelectorAll('[data-testid="stMetric"]')].length > 0""", timeout=120_000)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-added-model.png"), full_page=True)
+        errors = page.locator('[data-testid="stAlert"]', has_text="Error").count()
+        browser.close()
+    assert errors == 0

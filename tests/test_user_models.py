@@ -49,9 +49,12 @@ def test_an_encoder_is_scored_by_fidelity_and_an_image_classifier_by_accuracy(tm
                               "--bits", "8", "--json"])
     assert code == 0 and json.loads(out)["metric_kind"] == "fidelity", err
     folder, images = u.vit(tmp_path / "vit", tmp_path / "images")
-    code, out, err = run_cli(["run", *hf_args(folder, images, "image-classification"), "--json"])
+    code, out, err = run_cli(["run", *hf_args(folder, images, "image-classification"), "--prune", "0.5",
+                              "--prune-method", "structured", "--json"])
     r = json.loads(out)
     assert code == 0 and r["error"] is None and "8 images" in r["metric"], err
+    pruned = r["kernels"][0]  # ViT's q/k/v/o_proj attention: whole heads go, the hidden size stays
+    assert pruned["params_after"] < 0.7 * pruned["params_before"]
     code, _, err = run_cli(["export", *hf_args(folder, images, "image-classification"), "--bits", "8", "--out",
                             str(tmp_path / "b"), "--profile", "quick"])
     assert code == 0, err
@@ -210,3 +213,79 @@ def test_fine_tuning_works_after_the_data_was_first_read_in_inference_mode():
     with torch.inference_mode():
         digits_split()
     assert not digits_split()[0].is_inference()
+
+
+RESHAPES = """
+import torch
+from torch import nn
+
+
+class Fixed(nn.Module):  # reshapes to a size written in the code: no pruner can keep it consistent
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 2)
+
+    def forward(self, x):
+        return self.b(self.a(x).view(-1, 4, 4).flatten(1))
+
+
+def build():
+    torch.manual_seed(0)
+    return Fixed()
+
+
+def example_inputs(batch):
+    return torch.randn(batch, 8)
+
+
+def eval_batches():
+    torch.manual_seed(1)
+    yield torch.randn(16, 8), torch.randint(0, 2, (16,))
+
+
+def score(outputs, targets):
+    return {"accuracy": (outputs.argmax(1) == targets).float().mean().item()}
+"""
+
+
+def test_an_architecture_structured_pruning_cannot_keep_is_a_failed_row_and_the_sweep_goes_on(tmp_path):
+    model = tmp_path / "fixed.py"
+    model.write_text(RESHAPES)
+    db = tmp_path / "r.db"
+    code, out, err = run_cli(["sweep", "--model", f"py:{model}", "--prune", "0,0.5", "--prune-method", "structured",
+                              "--bits", "none", "--db", str(db), "--profile", "quick", "--json"])
+    assert code == 0 and json.loads(out)["failed"] == 1, err
+    code, out, err = run_cli(["results", "--db", str(db), "--format", "json"])
+    rows = json.loads(out)
+    failed = [r for r in rows if r["error"]]
+    assert len(rows) == 2 and len(failed) == 1, err
+    assert "structured pruning cannot keep this architecture's shapes consistent" in failed[0]["error"]
+    assert "magnitude pruning" in failed[0]["error"]
+
+
+def test_a_hub_id_downloads_only_with_the_network_allowed_and_only_safe_files(cls, tmp_path, monkeypatch):
+    import fnmatch
+
+    import huggingface_hub
+
+    folder, data = cls
+    calls = []
+
+    def snapshot_download(repo_id, allow_patterns):  # the hub, as far as this machine can reach it
+        calls.append(repo_id)
+        offered = ["config.json", "model.safetensors", "vocab.txt", "pytorch_model.bin", "modeling_evil.py",
+                   "tf_model.h5"]
+        kept = {f for f in offered if any(fnmatch.fnmatch(f, p) for p in allow_patterns)}
+        assert kept == {"config.json", "model.safetensors", "vocab.txt"}
+        snapshot = tmp_path / "hub" / repo_id.replace("/", "--")
+        shutil.copytree(folder, snapshot)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    args = ["run", "--model", "hf:someone/tiny-bert", "--task", "text-classification", "--eval-data", str(data),
+            "--json"]
+    code, _, err = run_cli(args)
+    assert code == 2 and "HF_HUB_OFFLINE" in err and not calls  # offline by default: nothing is fetched
+    code, out, err = run_cli([*args, "--allow-network"])
+    assert code == 0 and calls == ["someone/tiny-bert"], err
+    assert json.loads(out)["model"].startswith(f"hf:{tmp_path / 'hub' / 'someone--tiny-bert'}|")

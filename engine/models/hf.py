@@ -132,24 +132,41 @@ def fidelity_score(outputs: Any, reference: Any, k: int = 5) -> dict[str, float]
     return {"accuracy": cos, f"top{k}_retrieval_overlap": overlap}
 
 
+_PROJECTIONS = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"))  # BERT-style, and ViT/LLaMA-style names
+_BACK_TO_HIDDEN = ("output.dense", "o_proj", "out_proj", "fc2")  # layers whose outputs are the residual stream
+
+
+def _qkv(module: Any) -> tuple[Any, Any, Any] | None:
+    heads = getattr(module, "num_attention_heads", getattr(module, "num_heads", None))
+    for names in _PROJECTIONS:
+        if isinstance(heads, int) and all(hasattr(module, n) for n in names):
+            return tuple(getattr(module, n) for n in names)  # type: ignore[return-value]
+    return None
+
+
 def transformer_structured(model: Any) -> tuple[dict[str, Any], Any]:
-    """Torch-Pruning arguments for an encoder laid out as BERT's or ViT's (self-attention modules with query,
-    key, value and num_attention_heads; projections back to the hidden size named *output.dense): prune attention
-    heads and FFN channels, keep the hidden size (embeddings and head stay comparable), and the fix-up that
-    records the heads left. A model without such attention gets Torch-Pruning's plain dependency graph."""
+    """Torch-Pruning arguments for an encoder laid out as BERT's or ViT's (self-attention modules holding query,
+    key and value projections and their head count; projections back to the hidden size named as in
+    _BACK_TO_HIDDEN): prune attention heads and FFN channels, keep the hidden size (embeddings, residual stream
+    and head stay comparable), and the fix-up that records the heads left. A model without such attention gets
+    Torch-Pruning's plain dependency graph."""
     base = getattr(model, "base_model", model)
-    attention = [m for m in base.modules()
-                 if all(hasattr(m, a) for a in ("query", "key", "value", "num_attention_heads"))]
+    attention = {m: qkv for m in base.modules() if (qkv := _qkv(m)) is not None}
     if not attention:
         return {}, None
-    num_heads = {lin: att.num_attention_heads for att in attention for lin in (att.query, att.key, att.value)}
-    ignored = [m for n, m in base.named_modules() if n == "embeddings" or n == "pooler" or n.endswith("output.dense")]
+    num_heads = {lin: getattr(att, "num_attention_heads", getattr(att, "num_heads", None))
+                 for att, qkv in attention.items() for lin in qkv}
+    ignored = [m for n, m in base.named_modules()
+               if n == "embeddings" or n == "pooler" or n.endswith(_BACK_TO_HIDDEN)]
 
     def finalize(pruned: Any, pruner: Any) -> None:  # `pruned` is `model`, pruned in place
-        for att in attention:
-            heads = pruner.num_heads[att.query]
-            att.num_attention_heads = heads
-            att.all_head_size = heads * att.attention_head_size
+        for att, (query, _, _) in attention.items():
+            heads = pruner.num_heads[query]
+            for attr in ("num_attention_heads", "num_heads"):
+                if hasattr(att, attr):
+                    setattr(att, attr, heads)
+            if hasattr(att, "all_head_size"):
+                att.all_head_size = heads * att.attention_head_size
 
     def output(out: Any) -> Any:
         return out.logits if hasattr(out, "logits") else out.last_hidden_state
