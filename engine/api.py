@@ -23,6 +23,7 @@ from engine.measure.fingerprint import fingerprint
 from engine.measure.latency import PROFILES
 from engine.measure.worker import Worker, shared
 from engine.results import pareto
+from engine.results.cluster import ClusterOptions
 from engine.results.store import PROFILE_RANK, Store
 from engine.results.sweep import Step, SweepSummary, expand_grid, run_sweep, todo
 
@@ -214,10 +215,15 @@ def baseline_of(recipe: Recipe, db: str | Path, via: Worker | None = None) -> Me
 
 
 # --- sweeps ---------------------------------------------------------------------------------------------
-def sweep_grid(model: str, via: Worker | None = None, **axes: Any) -> tuple[list[Recipe], list[str]]:
-    """The recipes of a grid (see results.sweep.expand_grid) after checking the model and device."""
+def sweep_grid(model: str, via: Worker | None = None, here: bool = True, **axes: Any
+               ) -> tuple[list[Recipe], list[str]]:
+    """The recipes of a grid (see results.sweep.expand_grid) after checking the model, and the device where
+    the grid runs `here` (a cluster's nodes check their own)."""
     recipes, skipped = expand_grid(model, **axes)
-    _check_runnable(model, recipes[0].device, via)
+    if here:
+        _check_runnable(model, recipes[0].device, via)
+    elif via is None:
+        check_model(model)
     return recipes, skipped
 
 
@@ -252,6 +258,18 @@ def sweep(recipes: list[Recipe], db: str | Path, profile: str = "thorough",
     with Store(db) as store:
         return run_sweep(recipes, store, profile=profile, on_progress=on_progress,
                          should_stop=should_stop, retry_failed=retry_failed, remeasure_contended=remeasure_contended)
+
+
+def cluster_sweep(recipes: list[Recipe], db: str | Path, cluster: ClusterOptions, profile: str = "thorough",
+                  on_progress: Callable[[Step], None] | None = None, should_stop: Callable[[], bool] = lambda: False,
+                  retry_failed: bool = False, remeasure_contended: bool = False) -> SweepSummary:
+    """Measure the grid on every machine type of a Ray cluster (resumable per machine; rows land in `db`)."""
+    from engine.results import cluster as ray_cluster  # Ray is optional: imported only for a cluster sweep
+
+    check_profile(profile)
+    with Store(db) as store:
+        return ray_cluster.run(recipes, store, cluster, profile, on_progress, should_stop, retry_failed,
+                               remeasure_contended)
 
 
 def start_sweep(recipes: list[Recipe], db: str | Path, via: Worker, profile: str = "quick",

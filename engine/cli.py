@@ -143,6 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", default=DEFAULT_DB, help=f"SQLite results file (default {DEFAULT_DB})")
     p.add_argument("--profile", default="thorough", help="quick or thorough")
     p.add_argument("--threads", type=_list(_int), default=[None], help="e.g. 1,2 (default: physical cores)")
+    p.add_argument("--executor", choices=["in-process", "ray"], default="in-process",
+                   help="ray: measure on every machine type of a Ray cluster (pip install -r requirements-ray.txt)")
+    p.add_argument("--address", default=None,
+                   help="with --executor ray: auto (the cluster `ray start` made here), ray://HOST:10001 or "
+                        "HOST:6379; default: a private Ray instance on this machine")
+    p.add_argument("--resources", default=None,
+                   help='with --executor ray: what one measurement claims, e.g. \'{"GPU": 1}\' (default: all CPUs '
+                        'of its node)')
+    p.add_argument("--node-label", action="append", default=None, metavar="KEY=VALUE",
+                   help="with --executor ray: only nodes started with this label (ray start --labels)")
     p.add_argument("--retry-failed", action="store_true", help="measure failed configurations again")
     p.add_argument("--remeasure-contended", action="store_true",
                    help="measure again the configurations stored as contended (or by an older engine)")
@@ -253,15 +263,23 @@ def cmd_sweep(a: argparse.Namespace) -> dict[str, Any]:
     from engine import api
 
     api.check_settings()
+    on_cluster = a.executor == "ray"
+    if not on_cluster and (a.address or a.resources or a.node_label):
+        raise UserError("--address, --resources and --node-label go with --executor ray")
+    cluster = api.ClusterOptions.parse(a.address, a.resources, a.node_label) if on_cluster else None
     recipes, skipped = api.sweep_grid(
-        model_from_args(a), prune=a.prune, methods=a.prune_method, bits=a.bits, precisions=a.precision, schemes=a.scheme,
+        model_from_args(a), here=not on_cluster, prune=a.prune, methods=a.prune_method, bits=a.bits, precisions=a.precision, schemes=a.scheme,
         granularity=a.granularity, group_size=a.group_size, device=a.device, batch_size=a.batch_size,
         finetune_epochs=a.finetune_epochs, runtimes=a.runtime, threads=a.threads)
     for s in skipped:
         print(f"skipped combinations: {s}", file=sys.stderr)
-    bar = _ProgressBar()
-    summary = api.sweep(recipes, a.db, profile=a.profile, on_progress=bar.update,
-                        retry_failed=a.retry_failed, remeasure_contended=a.remeasure_contended)
+    bar = _ProgressBar(per_device=cluster is not None)
+    if cluster is not None:
+        summary = api.cluster_sweep(recipes, a.db, cluster, profile=a.profile, on_progress=bar.update,
+                                    retry_failed=a.retry_failed, remeasure_contended=a.remeasure_contended)
+    else:
+        summary = api.sweep(recipes, a.db, profile=a.profile, on_progress=bar.update,
+                            retry_failed=a.retry_failed, remeasure_contended=a.remeasure_contended)
     bar.close()
     return {"db": a.db, **summary.__dict__, "skipped_combinations": skipped}
 
@@ -269,15 +287,17 @@ def cmd_sweep(a: argparse.Namespace) -> dict[str, Any]:
 class _ProgressBar:
     """configs done / total with ETA on stderr (one redrawn line on a terminal, plain lines otherwise)."""
 
-    def __init__(self) -> None:
+    def __init__(self, per_device: bool = False) -> None:
         self.tty = sys.stderr.isatty()
+        self.per_device = per_device  # a cluster sweep says which machine measured each row
 
     def update(self, step) -> None:
         width = 24
         fill = int(width * step.done / max(step.total, 1))
         status = "FAILED" if step.result.error else "contended" if step.result.contended else "ok"
+        where = f"  on {step.result.device.get('cpu', '?')}" if self.per_device else ""
         line = (f"[{'#' * fill}{'.' * (width - fill)}] {step.done}/{step.total}  ETA {step.eta_s:4.0f}s  "
-                f"{step.recipe.label()} {status}")
+                f"{step.recipe.label()} {status}{where}")
         print(("\r" + line.ljust(100)) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
 
     def close(self) -> None:

@@ -101,24 +101,28 @@ class Step:
 
 
 def todo(recipes: list[Recipe], store: Store, profile: str, retry_failed: bool = False,
-         remeasure_contended: bool = False) -> list[Recipe]:
-    """The recipes the store does not hold yet (at this profile, on this machine, from this engine)."""
-    dev = fingerprint()["id"]
+         remeasure_contended: bool = False, device_id: str | None = None) -> list[Recipe]:
+    """The recipes the store does not hold yet (at this profile, on this machine or `device_id`, from this engine)."""
+    dev = device_id or fingerprint()["id"]
     done: dict[str, set[str]] = {}
     for m in {r.model for r in recipes}:
         done[m] = store.done_keys(m, dev, profile, retry_failed, remeasure_contended)
     return [r for r in recipes if r.key not in done[r.model]]
 
 
-def measure_and_store(recipe: Recipe, store: Store, profile: str) -> tuple[Result, int]:
-    """Measure one configuration and store it; a configuration the machine cannot run becomes a failed row."""
+def measure_one(recipe: Recipe, profile: str) -> Result:
+    """Measure one configuration; one the machine cannot run becomes a failed result (the sweep goes on)."""
     from engine.measure.run import run_recipe  # here: importing it loads torch, which a front end never needs
 
     try:
-        result = run_recipe(recipe, profile=profile)
+        return run_recipe(recipe, profile=profile)
     except UserError as exc:  # e.g. a cuda recipe on a machine without a GPU: recorded, the sweep goes on
-        result = Result(model=recipe.model, recipe=recipe.to_dict(), device=fingerprint(), profile=profile,
-                        error=str(exc))
+        return Result(model=recipe.model, recipe=recipe.to_dict(), device=fingerprint(), profile=profile,
+                      error=str(exc))
+
+
+def measure_and_store(recipe: Recipe, store: Store, profile: str) -> tuple[Result, int]:
+    result = measure_one(recipe, profile)
     return result, store.put(result)
 
 
