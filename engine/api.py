@@ -19,11 +19,11 @@ from engine import __version__
 from engine.core.errors import NO_CUDA, UserError
 from engine.core.recipe import Recipe
 from engine.core.result import Result
-from engine.measure.fingerprint import fingerprint
+from engine.measure.fingerprint import fingerprint, machine_name
 from engine.measure.latency import PROFILES
 from engine.measure.worker import Worker, shared
 from engine.results import pareto
-from engine.results.cluster import ClusterOptions
+from engine.results.cluster import ClusterJob, ClusterOptions
 from engine.results.store import PROFILE_RANK, Store
 from engine.results.sweep import Step, SweepSummary, expand_grid, run_sweep, todo
 
@@ -272,6 +272,12 @@ def cluster_sweep(recipes: list[Recipe], db: str | Path, cluster: ClusterOptions
                                remeasure_contended)
 
 
+def start_cluster_sweep(recipes: list[Recipe], db: str | Path, cluster: ClusterOptions, profile: str = "quick"
+                        ) -> ClusterJob:
+    """A cluster sweep in a process of its own (the front end stays free); watch it with `.progress()`."""
+    return ClusterJob(recipes, str(db), cluster, check_profile(profile))
+
+
 def start_sweep(recipes: list[Recipe], db: str | Path, via: Worker, profile: str = "quick",
                 remeasure_contended: bool = False) -> int | None:
     """Run a sweep in the background in `via`; the job id, or None when nothing needs measuring."""
@@ -311,16 +317,31 @@ def model_rows(model: str, db: str | Path, objectives: str | list[str], min_accu
 
 def frontier(model: str, db: str | Path, objectives: str | list[str] = ",".join(pareto.DEFAULT_OBJECTIVES),
              min_accuracy: str | None = None, all_devices: bool = False, include_untrusted: bool = False,
-             batch_size: int | None = None) -> dict[str, Any]:
-    """The non-dominated configurations of a model at one batch size, best accuracy first (the CLI's `frontier`)."""
+             batch_size: int | None = None, device: str | None = None) -> dict[str, Any]:
+    """The non-dominated configurations of a model at one batch size, best accuracy first (the CLI's `frontier`),
+    on one machine (`device`: an id or its first characters; default this one), or, with `all_devices`, one
+    frontier per machine: latencies of different machines never compete."""
     _must_exist(db)
-    out = model_rows(model, db, objectives, min_accuracy, all_devices, include_untrusted, batch_size)
+    if all_devices:
+        return {"model": model, "devices": [frontier(model, db, objectives, min_accuracy, False, include_untrusted,
+                                                     batch_size, m["device_id"]) for m in machines(model, db)]}
+    known = machines(model, db)
+    if device is None:
+        device = fingerprint()["id"]
+    matches = [m for m in known if m["device_id"].startswith(device)] if device else []
+    if len(matches) != 1:
+        listed = "; ".join(f"{m['device_id'][:12]} {m['name']}" for m in known) or "none"
+        raise UserError(f"no results for model {str(model)[:80]!r} on machine {device[:20]!r} in {db}: run a sweep "
+                        f"first (machines with rows: {listed})" if not matches else
+                        f"machine {device!r} is ambiguous: give more of its id ({listed})")
+    machine = matches[0]
+    out = model_rows(model, db, objectives, min_accuracy, False, include_untrusted, batch_size, machine["device_id"])
     rows = out["rows"]
     if not rows:
-        at = "" if batch_size is None else f" at batch size {batch_size}"
-        raise UserError(f"no results for model {str(model)[:80]!r}{at} on this machine in {db}: run a sweep first")
+        raise UserError(f"no results for model {str(model)[:80]!r} at batch size {batch_size} on {machine['name']} "
+                        f"in {db}: choose one of {', '.join(map(str, out['batch_sizes']))}")
     front = sorted((r for r in rows if r["on_frontier"]), key=lambda r: -(r["accuracy"] or 0))
-    return {"model": model, "objectives": out["objectives"], "min_accuracy": out["min_accuracy"],
+    return {"model": model, "machine": machine, "objectives": out["objectives"], "min_accuracy": out["min_accuracy"],
             "hypervolume": out["hypervolume"],
             "hypervolume_reference": "costs / uncompressed cost; accuracy 0 and 1.1 x the largest normalised cost",
             "frontier": [_public(r) for r in front], "considered": sum(r["eligible"] for r in rows),
@@ -330,10 +351,13 @@ def frontier(model: str, db: str | Path, objectives: str | list[str] = ",".join(
             "failed": [{"id": r["id"], "label": r["label"], "error": r["error"]} for r in rows if r["error"]]}
 
 
-def results(db: str | Path, model: str | None = None) -> dict[str, Any]:
+def results(db: str | Path, model: str | None = None, device: str | None = None) -> dict[str, Any]:
+    """Every stored row (of `model`; of the machines whose id starts with `device`), grouped by machine."""
     _must_exist(db)
     with Store(db, write=False) as store:
         rows, damaged = store.rows(model=model)
+    rows = sorted((r for r in rows if not device or r["device_id"].startswith(device)),
+                  key=lambda r: (r["device_id"], r["id"]))
     return {"rows": [_public(r) for r in rows], "damaged_rows": damaged}
 
 
@@ -349,9 +373,7 @@ def machines(model: str, db: str | Path) -> list[dict[str, Any]]:
             count[r["device_id"]] = count.get(r["device_id"], 0) + 1
         out = []
         for dev, row_id in first.items():
-            d = store.get_id(row_id).device
-            name = f"{d.get('cpu') or 'unknown CPU'}, {d.get('logical_cores')} cores" + (
-                f", {d['gpu']}" if d.get("gpu") else "")
+            name = machine_name(store.get_id(row_id).device)
             out.append({"device_id": dev, "name": name, "rows": count[dev], "this_machine": dev == here})
     names = [m["name"] for m in out]
     for m in out:

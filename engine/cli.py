@@ -164,7 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objectives", default="accuracy:max,latency:min,size:min",
                    help="2-3 of accuracy,latency,size,memory,energy,params,speedup")
     p.add_argument("--min-accuracy", default=None, help="absolute (0.95) or relative to baseline (0.99x)")
-    p.add_argument("--all-devices", action="store_true", help="include rows measured on other machines")
+    p.add_argument("--device", default=None, metavar="ID",
+                   help="the machine whose frontier to show: its id or first characters (default: this one)")
+    p.add_argument("--all-devices", action="store_true",
+                   help="one frontier per machine the store holds rows of (they never compete with each other)")
     p.add_argument("--batch-size", type=_int, default=None,
                    help="the batch size whose rows compete (default: the smallest stored)")
     p.add_argument("--include-contended", action="store_true",
@@ -189,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("results", help="every stored row, flat")
     p.add_argument("--db", default=DEFAULT_DB)
     p.add_argument("--model", default=None)
+    p.add_argument("--device", default=None, metavar="ID", help="only the machine whose id starts with ID")
     p.add_argument("--format", default="table", choices=["table", "csv", "json"])
     p.add_argument("--export", default=None, metavar="FILE",
                    help="write the rows (each with its machine) to a results file to share")
@@ -317,10 +321,16 @@ def print_sweep(out: dict[str, Any]) -> None:
 def cmd_frontier(a: argparse.Namespace) -> dict[str, Any]:
     from engine import api
 
-    return api.frontier(model_from_args(a), a.db, a.objectives, a.min_accuracy, a.all_devices, a.include_contended, a.batch_size)
+    return api.frontier(model_from_args(a), a.db, a.objectives, a.min_accuracy, a.all_devices, a.include_contended,
+                        a.batch_size, a.device)
 
 
 def print_frontier(out: dict[str, Any]) -> None:
+    if "devices" in out:
+        for i, one in enumerate(out["devices"]):
+            print(("\n" if i else "") + f"== {one['machine']['name']} (machine {one['machine']['device_id'][:12]})")
+            print_frontier(one)
+        return
     names = [o["name"] for o in out["objectives"]]
     print(f"{out['model']}: {len(out['frontier'])} of {out['considered']} configurations are on the "
           f"{' / '.join(names)} frontier at batch size {out['batch_size']} (hypervolume {out['hypervolume']:.4g})")
@@ -397,7 +407,7 @@ def cmd_results(a: argparse.Namespace) -> dict[str, Any]:
         data = api.export_results(a.db, a.model)
         Path(a.export).write_bytes(data)
         return {"exported": str(a.export), "bytes": len(data)}
-    return {**api.results(a.db, a.model), "format": a.format}
+    return {**api.results(a.db, a.model, a.device), "format": a.format}
 
 
 def print_results(out: dict[str, Any]) -> None:
@@ -423,7 +433,9 @@ def print_results(out: dict[str, Any]) -> None:
             w.writeheader()
             w.writerows(rows)
     else:
-        _table(rows, ["id", "model", "label", "accuracy", "latency_p50_ms", "speedup", "latency_contended",
+        for r in rows:
+            r["machine"] = r["device_id"][:12]
+        _table(rows, ["id", "machine", "model", "label", "accuracy", "latency_p50_ms", "speedup", "latency_contended",
                       "size_bytes", "energy_j", "energy_source", "error"])
     if out["damaged_rows"]:
         print(f"{out['damaged_rows']} damaged row(s) skipped", file=sys.stderr)

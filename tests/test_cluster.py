@@ -130,3 +130,32 @@ def test_bad_cluster_options_are_one_line_errors(tmp_path):
             (["--executor", "ray", "--address", "auto"], "cannot reach the Ray cluster at auto")]:
         code, out, err = run_cli(["sweep", "--model", "digits-mlp", "--db", str(tmp_path / "r.db"), *argv])
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, (argv, err)
+
+
+def test_the_sweep_page_sends_the_grid_to_a_cluster_and_follows_each_machine(tmp_path, monkeypatch):
+    from tests.test_dashboard import open_app
+
+    db = str(tmp_path / "r.db")
+    app = open_app(db, monkeypatch)
+    app.switch_page("app_pages/sweep.py").run()
+    app.multiselect(key="sw_amounts").set_value([0.0, 0.5])
+    app.multiselect(key="sw_methods").set_value(["magnitude"])
+    app.multiselect(key="sw_bits").set_value(["none"])
+    app.multiselect(key="sw_prec").set_value(["fp32"])
+    app.radio(key="sw_where").set_value("a Ray cluster").run()
+    app.text_input(key="sw_ray_address").input("auto").run()  # no cluster runs here: one clear error
+    app.button(key="sw_ray_run").click().run()
+    job = app.session_state["_cluster_job_digits-cnn"]
+    job.proc.wait(timeout=120)
+    app.run()
+    assert not app.exception and "cannot reach the Ray cluster at auto" in app.error[0].value
+
+    app.text_input(key="sw_ray_address").input("").run()  # a private Ray instance on this machine
+    app.button(key="sw_ray_run").click().run()
+    job = app.session_state["_cluster_job_digits-cnn"]
+    assert job.proc.wait(timeout=240) == 0, job.log.name
+    app.run()
+    assert not app.exception and not app.error
+    bars = [p.proto.text for p in app.get("progress")]
+    assert len(bars) == 1 and bars[0].endswith(": 2/2"), bars  # one machine, both configurations
+    assert any("Cluster sweep finished" in s.value for s in app.success)

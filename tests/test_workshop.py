@@ -12,6 +12,7 @@ from engine.core.errors import UserError
 from engine.core.recipe import Prune, Recipe
 from engine.measure.fingerprint import fingerprint
 from tests.test_dashboard import app, db, open_app, seeded  # noqa: F401  (fixtures)
+from tests.test_cli import run_cli
 
 
 def test_every_exercise_has_what_a_lesson_needs():
@@ -89,6 +90,24 @@ def test_results_are_pooled_with_their_machine_and_never_duplicated(db, tmp_path
     at.multiselect(key="front_machines").set_value(["classmate0001"]).run()
     assert not at.exception
     assert "frontier on Classmate CPU" in at.get("plotly_chart")[0].proto.spec
+    at.selectbox(key="front_machine").set_value("classmate0001").run()  # the classmate's frontier, ours overlaid
+    assert not at.exception and at.multiselect(key="front_machines").value == []
+    at.multiselect(key="front_machines").set_value([fingerprint()["id"]]).run()
+    assert not at.exception and "frontier on " + api.machines("digits-cnn", db)[0]["name"].split(",")[0] \
+        in at.get("plotly_chart")[0].proto.spec
+
+    # The command line groups by machine too: one frontier each, never one across machines.
+    code, out, err = run_cli(["frontier", "--model", "digits-cnn", "--db", str(db), "--all-devices",
+                              "--include-contended", "--json"])
+    groups = json.loads(out)["devices"]
+    assert code == 0 and [g["machine"]["device_id"] for g in groups] == [fingerprint()["id"], "classmate0001"], err
+    code, out, err = run_cli(["frontier", "--model", "digits-cnn", "--db", str(db), "--device", "classm",
+                              "--include-contended"])
+    assert code == 0 and out.startswith("digits-cnn:"), err
+    code, out, err = run_cli(["results", "--db", str(db), "--device", "classmate", "--format", "json"])
+    assert {r["device_id"] for r in json.loads(out)} == {"classmate0001"}
+    code, _, err = run_cli(["frontier", "--model", "digits-cnn", "--db", str(db), "--device", "nosuch"])
+    assert code == 2 and "machines with rows:" in err and "Classmate CPU" in err
 
 
 @pytest.mark.parametrize("data, match", [

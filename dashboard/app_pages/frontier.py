@@ -30,14 +30,26 @@ if x_obj == y_obj:
     st.warning("Choose two different objectives.")
     st.stop()
 objectives = [x_obj, y_obj] + ([third] if third != "none" else [])
+with ui.guard("Could not read the machines of this store"):
+    known = api.machines(model, db)
+names = {m["device_id"]: f"{m['name']}" + (" (this machine)" if m["this_machine"] else "") + f", {m['rows']} rows"
+         for m in known}
+machine = None  # this machine
+if len(known) > 1 or (known and not known[0]["this_machine"]):
+    if st.session_state.get("front_machine") not in names:
+        st.session_state.pop("front_machine", None)
+    machine = st.selectbox("Machine", list(names), key="front_machine", format_func=names.get,
+                           help="Each machine's configurations compete only with its own (latencies of different "
+                                "machines never compare): pick the machine whose frontier to show; sweeps on a Ray "
+                                "cluster and imported results add machines.")
 with ui.guard("Could not read the results"):
     # One read: the batch size chosen on the previous run (the widget below shows the sizes this read found).
     data = api.model_rows(model, db, objectives, f"{min_acc}x" if min_acc > 0 else None, include_untrusted=include,
-                          batch_size=st.session_state.get("front_batch"))
+                          batch_size=st.session_state.get("front_batch"), device_id=machine)
     if data["batch_size"] not in data["batch_sizes"] and data["batch_sizes"]:  # chosen for another model
         st.session_state.pop("front_batch", None)
         data = api.model_rows(model, db, objectives, f"{min_acc}x" if min_acc > 0 else None,
-                              include_untrusted=include)
+                              include_untrusted=include, device_id=machine)
 if len(data["batch_sizes"]) > 1:
     st.selectbox("Batch size", data["batch_sizes"], key="front_batch",
                  help="Latencies of different batch sizes never compete: one frontier per batch size.")
@@ -60,17 +72,20 @@ ui.job_progress(f"remeasure-{model}", "Re-measuring")
 
 overlays = []
 with ui.guard("Could not read the other machines' results"):
-    others = [m for m in api.machines(model, db) if not m["this_machine"]]
+    shown = machine or next((m["device_id"] for m in known if m["this_machine"]), None)
+    others = [m["device_id"] for m in known if m["device_id"] != shown]
     if others:
-        names = {m["device_id"]: f"{m['name']} ({m['rows']} rows)" for m in others}
-        picked = st.multiselect("Overlay other machines' frontiers", list(names), format_func=names.get,
+        if "front_machines" in st.session_state:  # a machine now chosen above is no longer an overlay
+            st.session_state["front_machines"] = [d for d in st.session_state["front_machines"] if d in others]
+        picked = st.multiselect("Overlay other machines' frontiers", others, format_func=names.get,
                                 key="front_machines",
-                                help="Results imported from classmates (Workshop page). Each machine's points "
-                                     "compete only with its own; its frontier is drawn dashed over this machine's.")
+                                help="Machines of a Ray cluster sweep, or results imported from classmates (Workshop "
+                                     "page). Each machine's points compete only with its own; its frontier is drawn "
+                                     "dashed over the one chosen above, side by side.")
         for dev in picked:
             other = api.model_rows(model, db, objectives, f"{min_acc}x" if min_acc > 0 else None,
                                    include_untrusted=include, batch_size=data["batch_size"], device_id=dev)
-            overlays.append((names[dev].rsplit(" (", 1)[0], other["rows"]))
+            overlays.append((names[dev].rsplit(", ", 1)[0].removesuffix(" (this machine)"), other["rows"]))
 fig = charts.pareto_figure(rows, x=OBJECTIVES[x_obj][0], y=OBJECTIVES[y_obj][0],
                            color=OBJECTIVES[third][0] if third != "none" else None,
                            current_key=st.session_state.get("explore_key"), metric_kind=metric_kind,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import state, ui
+from dashboard import cluster, state, ui
 from engine import api
 from engine.core.recipe import RUNTIMES
 
@@ -43,6 +43,14 @@ if skipped:
     with st.expander(f"Skipped combinations ({len(skipped)})"):
         for msg in skipped:
             st.caption(msg)
+
+where = st.radio("Where to measure", ["this machine", "a Ray cluster"], horizontal=True, key="sw_where",
+                 help="A Ray cluster measures the grid on each of its machine types (identical machines share the "
+                      "work); each machine gets its own frontier (Frontier page, Machine). Needs "
+                      "`pip install -r requirements-ray.txt` here and on every node.")
+if where == "a Ray cluster":
+    cluster.page(model, db, recipes, profile)
+    st.stop()
 
 b1, b2 = st.columns(2)
 if b1.button("Run sweep", type="primary", disabled=not todo or running, key="sw_run"):

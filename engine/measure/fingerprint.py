@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+from typing import Any
 from functools import lru_cache
 
 from engine.core.hardware import detect
@@ -60,3 +61,9 @@ def _own() -> dict:
     stable = {k: fp[k] for k in ("cpu", "cpu_flags", "logical_cores", "gpu", "torch")}
     fp["id"] = hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:12]
     return fp
+
+
+def machine_name(device: dict[str, Any]) -> str:
+    """How a machine is named to a person: its CPU, cores and GPU, as its rows recorded them."""
+    return f"{device.get('cpu') or 'unknown CPU'}, {device.get('logical_cores')} cores" + (
+        f", {device['gpu']}" if device.get("gpu") else "")

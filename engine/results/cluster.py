@@ -23,6 +23,7 @@ from typing import Any, Callable
 from engine.core.errors import UserError
 from engine.core.recipe import Recipe
 from engine.core.result import Result
+from engine.measure.fingerprint import machine_name
 from engine.results.store import Store
 from engine.results.sweep import Step, SweepSummary, todo
 
@@ -255,3 +256,69 @@ class _Dispatch:
                                       summary.total, (time.perf_counter() - began) / summary.measured * left))
             self.submit(slot)
         summary.stopped = any(self.queues.values())
+
+
+class ClusterJob:
+    """A cluster sweep running in its own process (see `main`), watched through the rows it writes."""
+
+    def __init__(self, recipes: list[Recipe], db: str, options: ClusterOptions, profile: str) -> None:
+        import subprocess
+        import tempfile
+
+        self.db, self.keys = str(Path(db).resolve()), {(r.model, r.key) for r in recipes}
+        self.dir = Path(tempfile.mkdtemp(prefix="cluster-sweep-"))
+        job = {"recipes": [r.to_dict() for r in recipes], "db": self.db, "profile": profile,
+               "address": options.address, "resources": options.resources, "labels": options.node_labels}
+        (self.dir / "job.json").write_text(json.dumps(job))
+        self.log = open(self.dir / "log.txt", "w+b")  # noqa: SIM115  (kept open for the process's lifetime)
+        self.proc = subprocess.Popen([sys.executable, "-m", "engine.results.cluster", str(self.dir / "job.json")],
+                                     cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(self) -> None:
+        """End the driver and what it started; stored rows stay, and the same grid resumes from them."""
+        import signal
+
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+
+    def progress(self) -> dict[str, Any]:
+        """Running or not, the driver's error if it failed, and per machine: configurations stored of the grid."""
+        code = self.proc.poll()
+        per: dict[str, dict[str, Any]] = {}
+        if Path(self.db).exists():
+            with Store(self.db, write=False) as store:
+                for model in {m for m, _ in self.keys}:
+                    for r in store.rows(model=model)[0]:
+                        if (model, r["recipe_key"]) in self.keys:
+                            d = per.setdefault(r["device_id"], {"device_id": r["device_id"], "done": 0, "failed": 0,
+                                                                "total": len(self.keys), "row": r["id"]})
+                            d["done"] += 1
+                            d["failed"] += r["error"] is not None
+                for d in per.values():
+                    d["name"] = machine_name(store.get_id(d.pop("row")).device)
+        error = None
+        if code not in (None, 0):
+            self.log.seek(0)
+            lines = [ln for ln in self.log.read().decode(errors="replace").splitlines() if ln.startswith("error:")]
+            error = lines[-1][len("error: "):] if lines else f"the cluster sweep ended with exit code {code}"
+        return {"running": code is None, "error": error, "devices": list(per.values())}
+
+
+def main(argv: list[str]) -> int:
+    """`python -m engine.results.cluster JOB.json`: the dashboard's cluster sweep, in a process of its own so the
+    page stays responsive and Stop can end it at any moment (every row so far is kept; running it again resumes)."""
+    job = json.loads(Path(argv[0]).read_text())
+    options = ClusterOptions(job.get("address"), job.get("resources") or {}, job.get("labels") or {})
+    try:
+        with Store(job["db"]) as store:
+            summary = run([Recipe.from_dict(r) for r in job["recipes"]], store, options, job["profile"])
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary.__dict__))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
