@@ -19,7 +19,7 @@ from engine import __version__
 from engine.core.errors import NO_CUDA, UserError
 from engine.core.recipe import Recipe
 from engine.core.result import Result
-from engine.measure.fingerprint import fingerprint, machine_name
+from engine.measure.fingerprint import fingerprint
 from engine.measure.latency import PROFILES
 from engine.measure.worker import Worker, shared
 from engine.results import pareto
@@ -366,15 +366,11 @@ def machines(model: str, db: str | Path) -> list[dict[str, Any]]:
     here = fingerprint()["id"]
     with Store(db, write=False) as store:
         rows, _ = store.rows(model=model)
-        first: dict[str, int] = {}
-        count: dict[str, int] = {}
+        ids: dict[str, list[int]] = {}
         for r in rows:
-            first.setdefault(r["device_id"], int(r["id"]))
-            count[r["device_id"]] = count.get(r["device_id"], 0) + 1
-        out = []
-        for dev, row_id in first.items():
-            name = machine_name(store.get_id(row_id).device)
-            out.append({"device_id": dev, "name": name, "rows": count[dev], "this_machine": dev == here})
+            ids.setdefault(r["device_id"], []).append(int(r["id"]))
+        out = [{"device_id": dev, "name": store.machine_name(row_ids), "rows": len(row_ids), "this_machine": dev == here}
+               for dev, row_ids in ids.items()]
     names = [m["name"] for m in out]
     for m in out:
         if names.count(m["name"]) > 1:  # same processor, other software: told apart by fingerprint

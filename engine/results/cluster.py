@@ -23,7 +23,6 @@ from typing import Any, Callable
 from engine.core.errors import UserError
 from engine.core.recipe import Recipe
 from engine.core.result import Result
-from engine.measure.fingerprint import machine_name
 from engine.results.store import Store
 from engine.results.sweep import Step, SweepSummary, todo
 
@@ -292,11 +291,12 @@ class ClusterJob:
                     for r in store.rows(model=model)[0]:
                         if (model, r["recipe_key"]) in self.keys:
                             d = per.setdefault(r["device_id"], {"device_id": r["device_id"], "done": 0, "failed": 0,
-                                                                "total": len(self.keys), "row": r["id"]})
+                                                                "total": len(self.keys), "rows": []})
                             d["done"] += 1
                             d["failed"] += r["error"] is not None
+                            d["rows"].append(int(r["id"]))
                 for d in per.values():
-                    d["name"] = machine_name(store.get_id(d.pop("row")).device)
+                    d["name"] = store.machine_name(d.pop("rows"))
         error = None
         if code not in (None, 0):
             self.log.seek(0)

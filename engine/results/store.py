@@ -8,6 +8,7 @@ thorough > quick), so a quick re-measure never overwrites a thorough one.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sqlite3
@@ -20,6 +21,7 @@ from engine import __version__
 from engine.core.errors import UserError
 from engine.core.recipe import Recipe
 from engine.core.result import Result
+from engine.measure.fingerprint import machine_name
 
 SCHEMA_VERSION = 3  # 3 added runtime and prepare_s (added in place to a version-2 file)
 PROFILE_RANK = {"quick": 0, "thorough": 1}
@@ -251,6 +253,13 @@ class Store:
         if result is None:
             raise UserError(f"row {row_id} of {self.path} is damaged (its stored result cannot be read)")
         return result
+
+    def machine_name(self, row_ids: list[int]) -> str:
+        """The name of the machine that measured these rows, read from the first of them that is readable."""
+        for row_id in row_ids:
+            with contextlib.suppress(UserError):
+                return machine_name(self.get_id(row_id).device)
+        return "unknown machine (its rows are damaged)"
 
     def rows(self, model: str | None = None, device_id: str | None = None) -> tuple[list[dict[str, Any]], int]:
         """(flat rows without the JSON bulk, oldest first; how many damaged rows were skipped)."""
