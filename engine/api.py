@@ -322,10 +322,10 @@ def frontier(model: str, db: str | Path, objectives: str | list[str] = ",".join(
     on one machine (`device`: an id or its first characters; default this one), or, with `all_devices`, one
     frontier per machine: latencies of different machines never compete."""
     _must_exist(db)
+    known = machines(model, db)  # read once: every frontier below is one of these machines
     if all_devices:
-        return {"model": model, "devices": [frontier(model, db, objectives, min_accuracy, False, include_untrusted,
-                                                     batch_size, m["device_id"]) for m in machines(model, db)]}
-    known = machines(model, db)
+        return {"model": model, "devices": [_machine_frontier(model, db, m, objectives, min_accuracy,
+                                                              include_untrusted, batch_size) for m in known]}
     if device is None:
         device = fingerprint()["id"]
     matches = [m for m in known if m["device_id"].startswith(device)] if device else []
@@ -334,7 +334,11 @@ def frontier(model: str, db: str | Path, objectives: str | list[str] = ",".join(
         raise UserError(f"no results for model {str(model)[:80]!r} on machine {device[:20]!r} in {db}: run a sweep "
                         f"first (machines with rows: {listed})" if not matches else
                         f"machine {device!r} is ambiguous: give more of its id ({listed})")
-    machine = matches[0]
+    return _machine_frontier(model, db, matches[0], objectives, min_accuracy, include_untrusted, batch_size)
+
+
+def _machine_frontier(model: str, db: str | Path, machine: dict[str, Any], objectives: str | list[str],
+                      min_accuracy: str | None, include_untrusted: bool, batch_size: int | None) -> dict[str, Any]:
     out = model_rows(model, db, objectives, min_accuracy, False, include_untrusted, batch_size, machine["device_id"])
     rows = out["rows"]
     if not rows:

@@ -12,6 +12,7 @@ import pytest
 
 from engine import api
 from engine.results import cluster
+from tests import user_models as u
 from tests.conftest import ROOT
 from tests.test_cli import run_cli
 
@@ -34,23 +35,6 @@ class Dies(nn.Module):  # a model whose process dies (as on a segfault or an OOM
             os._exit(3)
         return self.fc(x)
 
-
-def build():
-    torch.manual_seed(0)
-    return Dies()
-
-
-def example_inputs(batch):
-    return torch.randn(batch, 8)
-
-
-def eval_batches():
-    torch.manual_seed(1)
-    yield torch.randn(16, 8), torch.randint(0, 2, (16,))
-
-
-def score(outputs, targets):
-    return {"accuracy": (outputs.argmax(1) == targets).float().mean().item()}
 """
 
 
@@ -82,8 +66,8 @@ def test_the_same_grid_on_ray_and_in_process_gives_the_same_rows(ray, tmp_path):
 def test_a_raising_configuration_and_a_dying_worker_become_failed_rows_and_the_sweep_goes_on(ray, tmp_path):
     from tests.test_user_models import RESHAPES
 
-    (tmp_path / "reshapes.py").write_text(RESHAPES)
-    (tmp_path / "dies.py").write_text(DIES_AT_BATCH_8)
+    u.contract_file(tmp_path / "reshapes.py", RESHAPES, "Fixed")
+    u.contract_file(tmp_path / "dies.py", DIES_AT_BATCH_8, "Dies")
     db = tmp_path / "r.db"
     opts = api.ClusterOptions.parse(None, None, None)
     raises, _ = api.sweep_grid(api.model_name(f"py:{tmp_path / 'reshapes.py'}"), here=False, prune=[0, 0.5],
@@ -153,7 +137,7 @@ def test_the_sweep_page_sends_the_grid_to_a_cluster_and_follows_each_machine(tmp
     app.text_input(key="sw_ray_address").input("").run()  # a private Ray instance on this machine
     app.button(key="sw_ray_run").click().run()
     job = app.session_state["_cluster_job_digits-cnn"]
-    assert job.proc.wait(timeout=240) == 0, job.log.name
+    assert job.proc.wait(timeout=240) == 0, job.log.read_text()[-2000:]
     app.run()
     assert not app.exception and not app.error
     bars = [p.proto.text for p in app.get("progress")]

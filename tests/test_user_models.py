@@ -228,29 +228,11 @@ class Fixed(nn.Module):  # reshapes to a size written in the code: no pruner can
     def forward(self, x):
         return self.b(self.a(x).view(-1, 4, 4).flatten(1))
 
-
-def build():
-    torch.manual_seed(0)
-    return Fixed()
-
-
-def example_inputs(batch):
-    return torch.randn(batch, 8)
-
-
-def eval_batches():
-    torch.manual_seed(1)
-    yield torch.randn(16, 8), torch.randint(0, 2, (16,))
-
-
-def score(outputs, targets):
-    return {"accuracy": (outputs.argmax(1) == targets).float().mean().item()}
 """
 
 
 def test_an_architecture_structured_pruning_cannot_keep_is_a_failed_row_and_the_sweep_goes_on(tmp_path):
-    model = tmp_path / "fixed.py"
-    model.write_text(RESHAPES)
+    model = u.contract_file(tmp_path / "fixed.py", RESHAPES, "Fixed")
     db = tmp_path / "r.db"
     code, out, err = run_cli(["sweep", "--model", f"py:{model}", "--prune", "0,0.5", "--prune-method", "structured",
                               "--bits", "none", "--db", str(db), "--profile", "quick", "--json"])

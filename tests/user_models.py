@@ -66,3 +66,31 @@ def vit(folder: Path, images: Path, classes: tuple[str, ...] = ("cat", "dog")) -
         for i in range(4):
             Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(images / c / f"{i}.png")
     return folder, images
+
+
+_CONTRACT = """
+
+def build():
+    torch.manual_seed(0)
+    return MODEL()
+
+
+def example_inputs(batch):
+    return torch.randn(batch, 8)
+
+
+def eval_batches():
+    torch.manual_seed(1)
+    yield torch.randn(16, 8), torch.randint(0, 2, (16,))
+
+
+def score(outputs, targets):
+    return {"accuracy": (outputs.argmax(1) == targets).float().mean().item()}
+"""
+
+
+def contract_file(path: Path, module: str, cls: str) -> Path:
+    """A `py:` model file: `module` (imports and an nn.Module `cls` from 8 features to 2 classes) with the model
+    contract around it (random inputs, 16 random labelled rows, accuracy)."""
+    path.write_text(module + _CONTRACT.replace("MODEL", cls))
+    return path

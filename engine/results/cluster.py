@@ -269,9 +269,10 @@ class ClusterJob:
         job = {"recipes": [r.to_dict() for r in recipes], "db": self.db, "profile": profile,
                "address": options.address, "resources": options.resources, "labels": options.node_labels}
         (self.dir / "job.json").write_text(json.dumps(job))
-        self.log = open(self.dir / "log.txt", "w+b")  # noqa: SIM115  (kept open for the process's lifetime)
-        self.proc = subprocess.Popen([sys.executable, "-m", "engine.results.cluster", str(self.dir / "job.json")],
-                                     cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.log = self.dir / "log.txt"
+        with open(self.log, "wb") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen([sys.executable, "-m", "engine.results.cluster", str(self.dir / "job.json")],
+                                         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def stop(self) -> None:
         """End the driver and what it started; stored rows stay, and the same grid resumes from them."""
@@ -299,8 +300,7 @@ class ClusterJob:
                     d["name"] = store.machine_name(d.pop("rows"))
         error = None
         if code not in (None, 0):
-            self.log.seek(0)
-            lines = [ln for ln in self.log.read().decode(errors="replace").splitlines() if ln.startswith("error:")]
+            lines = [ln for ln in self.log.read_text(errors="replace").splitlines() if ln.startswith("error:")]
             error = lines[-1][len("error: "):] if lines else f"the cluster sweep ended with exit code {code}"
         return {"running": code is None, "error": error, "devices": list(per.values())}
 
