@@ -37,6 +37,7 @@ PAGES = {
     "explore": st.Page("app_pages/explore.py", title="Explore", default=True),
     "frontier": st.Page("app_pages/frontier.py", title="Frontier"),
     "sweep": st.Page("app_pages/sweep.py", title="Sweep"),
+    "search": st.Page("app_pages/search.py", title="Search"),
     "learn": st.Page("app_pages/learn.py", title="Learn"),
     "export": st.Page("app_pages/export.py", title="Export"),
     "workshop": st.Page("app_pages/workshop.py", title="Workshop"),

@@ -34,9 +34,19 @@ def sidebar() -> None:
                       "in eager PyTorch.")
         with st.expander("More options"):
             st.selectbox("Quantization scheme", state.SCHEME_OPTIONS, key="scheme",
-                         help="auto: int8 activations (real int8 kernel) at fp32 on CPU, weight-only otherwise.")
-            st.selectbox("Granularity", ["per-channel", "per-group"], key="granularity")
+                         help="auto: int8 activations (real int8 kernel) at fp32 on CPU, weight-only otherwise. "
+                              "codebook: Deep Compression's weight sharing, 2^bits k-means centroids per layer, "
+                              "stored as entropy-coded indices (one codebook per layer, whatever the granularity).")
+            st.selectbox("Granularity", ["per-channel", "per-group", "per-layer"], key="granularity",
+                         help="per-layer goes with the codebook scheme.")
             st.number_input("Batch size", 1, 512, key="batch_size")
+        note = state.extra_note()
+        if note:  # a loaded recipe (from a search, say) with settings no control above shows
+            st.caption(f"Also part of the loaded recipe: {note}. They stay as you move the controls.")
+            if st.button("Drop these", key="drop_extra", width="stretch",
+                         help="Back to what the controls above describe, nothing else."):
+                s[state.EXTRA_KEY] = None
+                st.rerun()
         if st.button("Reset to baseline", key="reset_baseline", width="stretch",
                      help="Back to the uncompressed fp32 model in eager PyTorch (the reference of every change)."):
             state.reset()

@@ -14,12 +14,16 @@ ROOT = Path(__file__).resolve().parent.parent
 DB_ENV = "COMPRESSION_DASH_DB"
 DEFAULT_MODEL = "digits-cnn"
 BIT_OPTIONS = ["none", 8, 7, 6, 5, 4, 3, 2]
-SCHEME_OPTIONS = ["auto", "dynamic", "weight-only"]
+SCHEME_OPTIONS = ["auto", "dynamic", "weight-only", "codebook"]
 DEFAULTS = {
     "model": DEFAULT_MODEL, "prune_amount": 0.0, "prune_method": "structured", "finetune_epochs": 0, "bits": "none",
     "scheme": "auto", "granularity": "per-channel", "precision": "fp32", "batch_size": 1, "device": "cpu",
     "runtime": "eager",
 }
+# Recipe fields the controls have no widget for (a searched recipe's per-layer amounts and recovery, say).
+# Kept beside the controls so loading such a recipe into Explore measures that recipe, not a cousin of it.
+EXTRA_KEY = "recipe_extra"
+EXTRA_DEFAULTS = {"prune_scope": "global", "group_size": 32, "threads": None, "layers": {}, "recover": None}
 
 
 def model_info(name: str):
@@ -57,7 +61,42 @@ def recipe_from_state() -> Recipe:
         finetune_epochs=int(s["finetune_epochs"]) if can_finetune else 0,
         bits=None if s["bits"] == "none" else int(s["bits"]), scheme=None if s["scheme"] == "auto" else s["scheme"],
         granularity=s["granularity"], precision=s["precision"], device=s["device"], batch_size=int(s["batch_size"]),
-        runtime=s["runtime"])
+        runtime=s["runtime"], **extra_fields())
+
+
+def extra_fields() -> dict:
+    """The loaded recipe's fields that no control shows, for the model they were loaded for (else none)."""
+    extra = st.session_state.get(EXTRA_KEY) or {}
+    if extra.get("model") != st.session_state["model"]:
+        return {}
+    return {k: v for k, v in extra.items() if k in EXTRA_DEFAULTS}
+
+
+def _override_words(what: str, value) -> str:
+    if what == "prune":
+        return f"prune {value:.0%}"
+    return "kept in float" if value == "none" else f"{value} bits"
+
+
+def extra_note() -> str | None:
+    """What the controls do not show of the current recipe, in words (None when nothing)."""
+    extra = extra_fields()
+    if not extra:
+        return None
+    parts = []
+    if extra.get("layers"):
+        parts.append("own amounts for " + ", ".join(
+            f"{name} ({', '.join(_override_words(k, v) for k, v in o.items())})"
+            for name, o in extra["layers"].items()))
+    if extra.get("recover"):
+        parts.append(f"{extra['recover']['method']} {extra['recover']['steps']} steps after compressing")
+    if extra.get("prune_scope", "global") != "global":
+        parts.append(f"pruning scope {extra['prune_scope']}")
+    if extra.get("group_size", 32) != 32:
+        parts.append(f"group size {extra['group_size']}")
+    if extra.get("threads") is not None:
+        parts.append(f"{extra['threads']} threads")
+    return "; ".join(parts)
 
 
 def request_load(recipe: Recipe) -> None:
@@ -85,6 +124,11 @@ def _apply(recipe: Recipe) -> None:
     s["batch_size"] = recipe.batch_size
     s["device"] = recipe.device
     s["runtime"] = recipe.runtime
+    extra = {"prune_scope": recipe.prune.scope, "group_size": recipe.quantize.group_size, "threads": recipe.threads,
+             "layers": {o.pattern: o.to_dict() for o in recipe.layers},
+             "recover": None if recipe.recover.method == "none" else recipe.to_dict()["recover"]}
+    changed = {k: v for k, v in extra.items() if v != EXTRA_DEFAULTS[k]}
+    s[EXTRA_KEY] = {"model": recipe.model, **changed} if changed else None
 
 
 def recipe_or_stop() -> Recipe:

@@ -121,7 +121,21 @@ def recipe_from_fields(model: str, via: Worker | None = None, **fields: Any) -> 
     (with `via`, by the measuring process that will run it, so this process never loads torch)."""
     recipe = Recipe.from_fields(model, **fields)
     _check_runnable(recipe.model, recipe.device, via)
+    if via is None:
+        check_recipe_fits(recipe)
     return recipe
+
+
+def check_recipe_fits(recipe: Recipe) -> None:
+    """What needs the model itself: layer overrides name its layers, recovery has training data (UserError)."""
+    if not recipe.layers and recipe.recover.method == "none":
+        return
+    from engine.compress import layers, prune, recover
+    from engine.measure.run import base_model
+
+    model, spec = base_model(recipe.model)
+    prune.plan(model, recipe.prune, spec, layers.resolve(recipe, model))
+    recover.check(recipe, spec)
 
 
 def _check_runnable(model: str, device: str, via: Worker | None) -> None:
@@ -415,6 +429,84 @@ def _public(row: dict[str, Any]) -> dict[str, Any]:
 def _must_exist(db: str | Path) -> None:
     if not Path(db).exists():
         raise UserError(f"no results database at {db}: run `python -m engine sweep --db {db} ...` first")
+
+
+# --- sensitivity and search ---------------------------------------------------------------------------
+def sensitivity(model: str, db: str | Path, technique: str = "prune", levels: list | None = None,
+                method: str = "magnitude", fresh: bool = False,
+                on_progress: Callable[[int, int, str], None] | None = None,
+                progress_file: str | Path | None = None) -> dict[str, Any]:
+    """Each layer's accuracy drop when compressed alone (stored in `db`; read from it unless `fresh`)."""
+    from engine.results import sensitivity as sens
+    from engine.results.jobs import write_progress
+
+    def progress(i: int, n: int, layer: str) -> None:
+        write_progress(progress_file, {"done": i, "total": n, "layer": layer})
+        if on_progress:
+            on_progress(i, n, layer)
+
+    levels = sens.check_levels(technique, levels, method)
+    check_model(model)
+    open_store(db)
+    method = method if technique == "prune" else "weight-only"
+    if not fresh:
+        hit = sens.load(db, model, technique, fingerprint()["id"], levels, method)
+        if hit is not None:
+            return {**hit, "from_store": True}
+    out = sens.measure(model, technique, levels, method, progress)
+    sens.save(db, out)
+    write_progress(progress_file, {"done": len(out["layers"]), "total": len(out["layers"]), "finished": True})
+    return {**out, "from_store": False}
+
+
+def stored_sensitivity(model: str, db: str | Path, technique: str = "prune", method: str = "magnitude"
+                       ) -> dict[str, Any] | None:
+    """The newest stored sensitivity of `model` on this machine (read without loading any model)."""
+    from engine.results import sensitivity as sens
+
+    if technique not in sens.TECHNIQUES:
+        raise UserError(f"technique={str(technique)[:40]!r} is not allowed: choose prune or quantize")
+    return sens.load(db, model, technique, fingerprint()["id"],
+                     method=method if technique == "prune" else "weight-only")
+
+
+def start_sensitivity(model: str, db: str | Path, technique: str = "prune", levels: list | None = None,
+                      method: str = "magnitude"):
+    """A sensitivity scan in a process of its own (a CommandJob: progress, stop, result)."""
+    from engine.results import sensitivity as sens
+    from engine.results.jobs import CommandJob
+
+    levels = sens.check_levels(technique, levels, method)
+    return CommandJob(["sensitivity", "--model", model, "--db", str(Path(db).resolve()), "--technique", technique,
+                       "--prune-method", method, "--levels", ",".join(map(str, levels)), "--fresh"])
+
+
+def start_search(model: str, db: str | Path, min_accuracy: str, objectives: str = "latency:min,size:min",
+                 trials: int | None = None, budget_s: float | None = None, profile: str = "quick"):
+    """A search in a process of its own (a CommandJob); stopping it loses nothing and the same call resumes."""
+    from engine.results import search as searcher
+    from engine.results.jobs import CommandJob
+
+    searcher.check(objectives, trials, budget_s)
+    check_profile(profile)
+    pareto.parse_min_accuracy(min_accuracy, 1.0)
+    stop = ["--trials", str(trials)] if trials is not None else ["--budget-s", str(budget_s)]
+    return CommandJob(["search", "--model", model, "--db", str(Path(db).resolve()), "--min-accuracy", str(min_accuracy),
+                       "--objectives", objectives, "--profile", profile, *stop])
+
+
+def search(model: str, db: str | Path, min_accuracy: str, objectives: str = "latency:min,size:min",
+           trials: int | None = None, budget_s: float | None = None, profile: str = "quick",
+           on_trial: Callable[[dict[str, Any]], None] | None = None, should_stop: Callable[[], bool] = lambda: False,
+           progress_file: str | Path | None = None) -> dict[str, Any]:
+    """Search recipes above an accuracy threshold, minimising the objectives (resumes a stored study)."""
+    from engine.results import search as searcher
+
+    searcher.check(objectives, trials, budget_s)
+    check_profile(profile)
+    check_model(model)
+    return searcher.run(model, db, min_accuracy, objectives, trials, budget_s, profile, on_trial, should_stop,
+                        progress_file)
 
 
 # --- export and apply -----------------------------------------------------------------------------------

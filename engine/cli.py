@@ -101,6 +101,38 @@ def add_recipe_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--batch-size", type=_int, default=1)
     p.add_argument("--runtime", default="eager", help=f"one of {', '.join(RUNTIMES)}")
     p.add_argument("--threads", type=_int, default=None, help="intra-op threads (default: physical cores)")
+    p.add_argument("--layers", type=_json_object, default=None, metavar="JSON",
+                   help='per-layer overrides, e.g. \'{"fc1": {"prune": 0.2}, "conv*": {"bits": "none"}}\' '
+                        "(exact names win over patterns; see `sensitivity` for the names)")
+    p.add_argument("--recover", default="none", help="retrain after compressing: none, finetune or distill")
+    p.add_argument("--recover-steps", type=_int, default=0, help="optimizer steps of the recovery")
+    p.add_argument("--recover-lr", type=_amount, default=None, help="learning rate (default: the model's)")
+    p.add_argument("--schedule", default="one-shot",
+                   help="one-shot or gradual (magnitude sparsity raised from --initial-sparsity along a cubic ramp)")
+    p.add_argument("--initial-sparsity", type=_amount, default=0.0)
+    p.add_argument("--qat", action="store_true", help="train through fake-quantized weights (straight-through)")
+    p.add_argument("--temperature", type=_amount, default=2.0, help="distillation temperature (classifiers)")
+
+
+def _json_object(text: str) -> dict:
+    from engine.core.recipe import parse_json
+
+    try:
+        value = parse_json(text, "--layers")
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("give a JSON object {layer name or pattern: {prune, bits}}")
+    return value
+
+
+def _recover_from_args(a: argparse.Namespace) -> dict[str, Any] | None:
+    given = (a.recover_steps, a.recover_lr is not None, a.schedule != "one-shot", a.initial_sparsity, a.qat,
+             a.temperature != 2.0)
+    if a.recover == "none" and not any(given):
+        return None
+    return {"method": a.recover, "steps": a.recover_steps, "lr": a.recover_lr, "schedule": a.schedule,
+            "initial_sparsity": a.initial_sparsity, "qat": a.qat, "temperature": a.temperature}
 
 
 def recipe_from_args(a: argparse.Namespace) -> Recipe:
@@ -110,7 +142,7 @@ def recipe_from_args(a: argparse.Namespace) -> Recipe:
         model_from_args(a), prune=a.prune, prune_method=a.prune_method, prune_scope=a.prune_scope,
         finetune_epochs=a.finetune_epochs, bits=a.bits, scheme=a.scheme, granularity=a.granularity,
         group_size=a.group_size, precision=a.precision, device=a.device, batch_size=a.batch_size,
-        runtime=a.runtime, threads=a.threads)
+        runtime=a.runtime, threads=a.threads, layers=a.layers, recover=_recover_from_args(a))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,6 +219,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", required=True, help="a bundle folder, its recipe.json, or a bare recipe file")
     p.add_argument("--out", default=None, help="also write a new bundle here")
     p.add_argument("--force", action="store_true")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("sensitivity", help="each layer's accuracy drop when compressed alone (stored)")
+    add_model_args(p)
+    p.add_argument("--technique", default="prune", help="prune or quantize")
+    p.add_argument("--prune-method", default="magnitude", help="for prune: magnitude or structured")
+    p.add_argument("--levels", type=_list(_amount), default=None,
+                   help="prune amounts (default 0.3,0.5,0.7,0.9) or bit widths (default 8,4,3,2)")
+    p.add_argument("--db", default=DEFAULT_DB)
+    p.add_argument("--fresh", action="store_true", help="measure again even if stored")
+    p.add_argument("--progress", default=None, metavar="FILE", help="write the progress as JSON after each layer")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("search", help="find the cheapest recipes above an accuracy threshold (Optuna; resumable)")
+    add_model_args(p)
+    p.add_argument("--min-accuracy", required=True, help="absolute (0.95) or relative to the baseline (0.99x)")
+    p.add_argument("--objectives", default="latency:min,size:min",
+                   help="2-3 of latency,size,memory,energy,params,speedup,accuracy (latency: 1 / paired speed-up)")
+    stop = p.add_mutually_exclusive_group(required=True)
+    stop.add_argument("--trials", type=_int, default=None, help="trials the study should hold (a rerun resumes)")
+    stop.add_argument("--budget-s", type=_amount, default=None, help="seconds this run may take")
+    p.add_argument("--db", default=DEFAULT_DB)
+    p.add_argument("--profile", default="quick", help="quick or thorough")
+    p.add_argument("--progress", default=None, metavar="FILE", help="write the progress as JSON after each trial")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("results", help="every stored row, flat")
@@ -391,6 +447,51 @@ def print_apply(out: dict[str, Any]) -> None:
         print(f"  new bundle: {out['new_bundle']['out']}")
 
 
+def cmd_sensitivity(a: argparse.Namespace) -> dict[str, Any]:
+    from engine import api
+
+    levels = None if a.levels is None else [int(v) if a.technique == "quantize" and float(v).is_integer() else v
+                                            for v in a.levels]
+    return api.sensitivity(model_from_args(a), a.db, a.technique, levels, a.prune_method, fresh=a.fresh,
+                           on_progress=lambda i, n, layer: print(f"[{i + 1}/{n}] {layer}", file=sys.stderr,
+                                                                 flush=True), progress_file=a.progress)
+
+
+def print_sensitivity(out: dict[str, Any]) -> None:
+    what = f"{out['technique']} ({out['method']})"
+    print(f"{out['model']}: accuracy drop when one layer alone is compressed, {what}; baseline "
+          f"{out['baseline_accuracy']:.4f}" + (" (stored)" if out.get("from_store") else f" ({out['wall_s']:.1f} s)"))
+    rows = []
+    for r in sorted(out["layers"], key=lambda r: out["ranking"].index(r["layer"])):
+        rows.append({"layer": r["layer"], "size": f"{r['size_share']:.1%}", "time": f"{r['latency_share']:.1%}",
+                     **{f"@{lv}": r["drops"][str(lv)] for lv in out["levels"]}})
+    _table(rows, ["layer", "size", "time"] + [f"@{lv}" for lv in out["levels"]])
+    print(f"most sensitive first; size = share of parameters, time = {out['latency_share_source']}")
+
+
+def cmd_search(a: argparse.Namespace) -> dict[str, Any]:
+    from engine import api
+
+    def show(s: dict[str, Any]) -> None:
+        best = s["found"][0]["label"] if s["found"] else "none feasible yet"
+        print(f"trial {s['trials_done']}{'/' + str(s['trials_target']) if s['trials_target'] else ''}  "
+              f"{s['elapsed_s']:.0f}s  feasible {s['feasible']}  best: {best}", file=sys.stderr, flush=True)
+
+    return api.search(model_from_args(a), a.db, a.min_accuracy, a.objectives, a.trials, a.budget_s, a.profile,
+                      on_trial=show, progress_file=a.progress)
+
+
+def print_search(out: dict[str, Any]) -> None:
+    print(f"{out['trials_done']} trials, {out['feasible']} at accuracy >= {out['threshold']:.4f} "
+          f"(baseline {out['baseline_accuracy']:.4f}), {out['failed']} failed; study {out['study']}")
+    if not out["found"]:
+        print("no recipe met the threshold yet: run longer, or lower --min-accuracy")
+        return
+    print(f"found (non-dominated on {', '.join(out['objectives'])}; best first; {out['latency_means']}):")
+    _table(out["found"], ["row_id", "label", "accuracy"] + out["objectives"])
+    print(f"export one: python -m engine export --db DB --id ROW_ID --out bundle/")
+
+
 def cmd_results(a: argparse.Namespace) -> dict[str, Any]:
     from pathlib import Path
 
@@ -459,7 +560,8 @@ def _table(rows: list[dict[str, Any]], cols: list[str]) -> None:
 COMMANDS = {"models": (cmd_models, print_models), "run": (cmd_run, print_result),
             "sweep": (cmd_sweep, print_sweep), "frontier": (cmd_frontier, print_frontier),
             "export": (cmd_export, print_export), "apply": (cmd_apply, print_apply),
-            "results": (cmd_results, print_results)}
+            "results": (cmd_results, print_results), "sensitivity": (cmd_sensitivity, print_sensitivity),
+            "search": (cmd_search, print_search)}
 
 
 def _one_line(exc: BaseException) -> str:

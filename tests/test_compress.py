@@ -105,15 +105,14 @@ def test_storage_rejects_garbage_and_crafted_headers():
     import json
     import struct
 
-    hlen = struct.unpack("<I", good[4:8])[0]
-    header = json.loads(good[8:8 + hlen])
+    header, base = codec.read_header(good)
     bad_variants = [good[: len(good) // 2], good[:8] + b"[" + good[9:], codec.MAGIC + struct.pack("<I", 2 ** 31)]
     for mutate in (lambda e: e.update(shape=[10 ** 12]), lambda e: e.update(length=10 ** 9),
                    lambda e: e.update(bits=40), lambda e: e.update(parts=[1, 2, 3]), lambda e: e.update(kind="exec")):
         h = json.loads(json.dumps(header))
         mutate(next(e for e in h["tensors"] if e["kind"] == "quant"))
         raw = json.dumps(h).encode()
-        bad_variants.append(codec.MAGIC + struct.pack("<I", len(raw)) + raw + good[8 + hlen:])
+        bad_variants.append(codec.MAGIC + struct.pack("<I", len(raw)) + raw + good[base:])
     for bad in bad_variants:
         with pytest.raises(codec.CodecError):
             codec.decode(bad)

@@ -84,6 +84,11 @@ st.caption("Each cell is a block of the weight matrix: rows are output channels 
               f"the change is its shape ({'×'.join(map(str, v.shape_before))} → "
               f"{'×'.join(map(str, v.shape_after))}), which is why it runs faster." if shrunk else ""))
 
+st.page_link(st.session_state["_pages"]["search"],
+             label="Which layers can take it? Per-layer sensitivity, on the Search page")
+st.caption("Compressing one layer at a time shows which layers cost the most accuracy: those are the ones to "
+           "compress least.")
+
 st.subheader("Why smaller is not always faster on this machine")
 hw = api.worker().hardware
 st.markdown(f"""

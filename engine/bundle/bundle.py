@@ -37,6 +37,7 @@ from engine.bundle.report import README, measured_in, report_html
 from engine.compress import codec
 from engine.compress.pipeline import Applied, apply
 from engine.compress.precision import DTYPES, cast_inputs
+from engine.compress.layers import resolve
 from engine.compress.quantize import select_kernels
 from engine.core.errors import RecipeError, UserError, VerificationError
 from engine.core.recipe import Recipe, parse_json
@@ -406,7 +407,7 @@ def _outputs(model: nn.Module, recipe: Recipe, spec) -> torch.Tensor:
     """The model's outputs on the evaluation data, run with the kernels it was measured with (compiled, for
     a recipe measured through torch.compile)."""
     if recipe.quantize.bits is not None:
-        select_kernels(model, recipe.quantize, "cpu")
+        select_kernels(model, recipe.quantize, "cpu", resolve(recipe, model))
     inputs = [cast_inputs(x, recipe.precision, "cpu") for x in spec.eval_inputs()]
     run = lambda x: spec.forward(model, x)  # noqa: E731
     if recipe.runtime == "compile":
@@ -504,5 +505,5 @@ def load_torch(bundle: str | Path) -> nn.Module:
         raise UserError(f"{folder}/model.safetensors is not a valid safetensors file for this recipe: "
                         f"{str(exc)[:160]}") from None
     if recipe.quantize.bits is not None:
-        select_kernels(applied.model, recipe.quantize, "cpu")
+        select_kernels(applied.model, recipe.quantize, "cpu", resolve(recipe, applied.model))
     return applied.model.eval()

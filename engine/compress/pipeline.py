@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from engine.compress import codec, precision, prune, quantize, sparse
+from engine.compress import codec, layers, precision, prune, quantize, recover, sparse
 from engine.core.errors import NO_CUDA, UserError
-from engine.core.hardware import precision_note
+from engine.core.hardware import detect, precision_note
 from engine.core.recipe import Recipe
 from engine.core.result import Kernel
 from engine.models.registry import ModelSpec
@@ -55,18 +55,34 @@ def _count(model: nn.Module) -> tuple[int, int, int]:
 # dropped when that model is freed (so an id is never reused for another model, and no model is kept alive).
 # Models are never mutated by `apply`.
 _SIZES: dict[tuple, int] = {}
+# Recovered (trained) weights per (model, compression): training takes seconds to minutes, and the same
+# compression is measured at several batch sizes and runtimes, exported and shown on the Learn page.
+_RECOVERED: dict[tuple, tuple[nn.Module, dict, list[Kernel]]] = {}
+RECOVERED_CACHE = 4
+_WATCHED: set[int] = set()
 
 
 def _forget(model_id: int) -> None:
-    for key in [k for k in _SIZES if k[0] == model_id]:
-        del _SIZES[key]
+    for cache in (_SIZES, _RECOVERED):
+        for key in [k for k in cache if k[0] == model_id]:
+            del cache[key]
+    _WATCHED.discard(model_id)
+
+
+def _watch(source: nn.Module) -> None:
+    if id(source) not in _WATCHED:
+        _WATCHED.add(id(source))
+        weakref.finalize(source, _forget, id(source))
+
+
+def _compression(source: nn.Module, recipe: Recipe) -> tuple:
+    return (id(source), recipe.prune, recipe.quantize, recipe.layers, recipe.recover)
 
 
 def _storage_size(source: nn.Module, out: Applied, recipe: Recipe) -> int:
-    key = (id(source), recipe.prune, recipe.quantize, recipe.precision)
+    key = _compression(source, recipe) + (recipe.precision,)
     if key not in _SIZES:
-        if not any(k[0] == id(source) for k in _SIZES):
-            weakref.finalize(source, _forget, id(source))
+        _watch(source)
         _SIZES[key] = len(codec.encode(out.storage_state, out.quant, precision.DTYPES[recipe.precision]))
     return _SIZES[key]
 
@@ -78,15 +94,26 @@ def apply(model: nn.Module, recipe: Recipe, spec: ModelSpec, kernels: bool = Tru
     export and storage need); otherwise the fastest real kernels are selected for it.
     """
     check_device(recipe.device)
+    recover.check(recipe, spec)
     source, model = model, copy.deepcopy(model).eval()
     out = Applied(model=model)
+    overrides = layers.resolve(recipe, model)
     step = recipe.prune
+    gradual = recipe.recover.schedule == "gradual"
     if step.method == "magnitude":
-        out.kernels.append(prune.magnitude(model, step, spec))
+        out.kernels.append(prune.magnitude(model, step, spec, overrides,
+                                           initial=recipe.recover.initial_sparsity if gradual else None))
     elif step.method == "structured":
-        out.kernels.append(prune.structured(model, step, spec))
-    if recipe.quantize.bits is not None:
-        out.quant = quantize.to_grid(model, recipe.quantize)
+        out.kernels.append(prune.structured(model, step, spec, overrides))
+    if recipe.recover.method != "none":
+        _recover(source, out, recipe, spec, overrides)
+        model = out.model
+        if step.method == "magnitude":  # the prune record states the final sparsity (a gradual schedule began lower)
+            names = prune.prunable_layers(model, spec)
+            zeros = sum(int((m.weight == 0).sum()) for _, m in names)
+            out.kernels[0].detail["zero_fraction"] = round(zeros / max(sum(m.weight.numel() for _, m in names), 1), 4)
+    elif recipe.quantize.bits is not None:
+        out.quant = quantize.to_grid(model, recipe.quantize, overrides)
     precision.cast(model, recipe.precision)
     kernel, warning = precision_note(recipe.precision, recipe.device)
     out.kernels.append(Kernel("precision", kernel))
@@ -97,14 +124,41 @@ def apply(model: nn.Module, recipe: Recipe, spec: ModelSpec, kernels: bool = Tru
     out.size_bytes = _storage_size(source, out, recipe)
     model.to(recipe.device)
     if kernels:
-        _select_kernels(out, recipe, spec)
+        _select_kernels(out, recipe, spec, overrides)
     return out
 
 
-def _select_kernels(out: Applied, recipe: Recipe, spec: ModelSpec) -> None:
+def _recover(source: nn.Module, out: Applied, recipe: Recipe, spec: ModelSpec, overrides: dict) -> None:
+    """Train the pruned copy (then quantize it, then train a codebook's centroids), or reuse the weights this
+    process already trained for the same compression."""
+    key = _compression(source, recipe)
+    if key in _RECOVERED:  # the whole module is kept: its parameter order (which the storage encoding follows) too
+        trained, out.quant, kernels = _RECOVERED[key]
+        out.model = copy.deepcopy(trained)
+        out.kernels += kernels
+        return
+    threads = recipe.threads or detect().physical_cores  # not the contended count: re-creation must match
+    plan = None
+    if recipe.prune.method == "magnitude":
+        own, rest = prune.plan(out.model, recipe.prune, spec, overrides)
+        plan = (own, rest, recipe.prune.scope, recipe.prune.amount)
+    kernels = [recover.recover(out.model, source, recipe, spec, plan, threads)]
+    if recipe.quantize.bits is not None:
+        out.quant = quantize.to_grid(out.model, recipe.quantize, overrides)
+        if recipe.quantize.scheme == "codebook":
+            kernel, out.quant = recover.tune_codebooks(out.model, source, recipe, spec, out.quant, threads)
+            kernels.append(kernel)
+    out.kernels += kernels
+    _watch(source)
+    _RECOVERED[key] = (copy.deepcopy(out.model), out.quant, kernels)
+    while len(_RECOVERED) > RECOVERED_CACHE:
+        _RECOVERED.pop(next(iter(_RECOVERED)))
+
+
+def _select_kernels(out: Applied, recipe: Recipe, spec: ModelSpec, overrides: dict) -> None:
     """After the storage state is taken: swapping modules changes how the model runs, not what it stores."""
     if recipe.quantize.bits is not None:
-        k, w = quantize.select_kernels(out.model, recipe.quantize, recipe.device)
+        k, w = quantize.select_kernels(out.model, recipe.quantize, recipe.device, overrides)
         out.kernels += k
         out.warnings += w
     if recipe.prune.method != "magnitude":

@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn.utils import prune as tprune
 
 from engine.core.errors import UserError
-from engine.core.recipe import Prune
+from engine.core.recipe import LayerOverride, Prune
 from engine.core.result import Kernel
 from engine.models.registry import ModelSpec
 
@@ -20,6 +20,50 @@ def _skipped(name: str, never: tuple[str, ...]) -> bool:
 
 def prunable_layers(model: nn.Module, spec: ModelSpec) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE) and not _skipped(n, spec.never_prune)]
+
+
+def plan(model: nn.Module, step: Prune, spec: ModelSpec, overrides: dict[str, LayerOverride]
+         ) -> tuple[dict[str, float], list[str]]:
+    """({layer: its own amount} for layers an override sets, [layers pruned at the recipe's amount]).
+
+    An override may not prune a layer the model never prunes (its output classes, say): refused by name."""
+    layers = dict(prunable_layers(model, spec))
+    own: dict[str, float] = {}
+    for name, o in overrides.items():
+        if o.prune is None:
+            continue
+        if name not in layers:
+            raise UserError(f"layers[{o.pattern!r}] prunes {name}, which {spec.name} never prunes "
+                            f"(never_prune: {', '.join(spec.never_prune) or 'none'}; its shape is the model's output)")
+        own[name] = o.prune
+    rest = [n for n in layers if n not in own] if step.amount > 0 else []
+    return own, rest
+
+
+def mask_by_magnitude(model: nn.Module, own: dict[str, float], rest: list[str], amount: float, scope: str,
+                      fold: bool = True) -> None:
+    """Zero the smallest-|w| weights: `own` layers each at their amount, `rest` at `amount` (one threshold over
+    all of them when `scope` is global). Also used by the gradual schedule, whose amounts rise step by step."""
+    mods = dict(model.named_modules())
+    params = [(mods[n], "weight") for n in rest]
+    if params and amount > 0:
+        if scope == "global":
+            tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured, amount=amount)
+        else:
+            for m, _ in params:
+                tprune.l1_unstructured(m, "weight", amount=amount)
+    for name, a in own.items():
+        if a > 0:
+            tprune.l1_unstructured(mods[name], "weight", amount=a)
+    if fold:
+        fold_masks(model)
+
+
+def fold_masks(model: nn.Module) -> None:
+    """Make masked weights plain tensors again (their zeros kept)."""
+    for m in model.modules():
+        if hasattr(m, "weight_orig"):
+            tprune.remove(m, "weight")
 
 
 def check_finetune(step: Prune, spec: ModelSpec) -> None:
@@ -40,35 +84,44 @@ def _finetune(model: nn.Module, step: Prune, spec: ModelSpec) -> None:
         p.requires_grad_(False)
 
 
-def magnitude(model: nn.Module, step: Prune, spec: ModelSpec) -> Kernel:
-    """Zero the smallest-|w| weights; fine-tune with the masks in place (zeros stay zero); then fold the
-    masks in (prune.remove) so the model is plain again."""
+def magnitude(model: nn.Module, step: Prune, spec: ModelSpec, overrides: dict[str, LayerOverride] | None = None,
+              initial: float | None = None) -> Kernel:
+    """Zero the smallest-|w| weights (per-layer amounts where overrides give them); fine-tune with the masks in
+    place (zeros stay zero); then fold the masks in (prune.remove) so the model is plain again.
+
+    `initial`: the first sparsity of a gradual schedule (each layer at most its final amount); recovery
+    raises it to the final amounts."""
     check_finetune(step, spec)
-    layers = prunable_layers(model, spec)
-    params = [(m, "weight") for _, m in layers]
-    if step.scope == "global":
-        tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured, amount=step.amount)
+    own, rest = plan(model, step, spec, overrides or {})
+    if initial is not None:
+        own, amount = {n: min(a, initial) for n, a in own.items()}, min(step.amount, initial)
     else:
-        for m, _ in params:
-            tprune.l1_unstructured(m, "weight", amount=step.amount)
-    _finetune(model, step, spec)
-    for m, name in params:
-        tprune.remove(m, name)
+        amount = step.amount
+    layers = prunable_layers(model, spec)
+    mask_by_magnitude(model, own, rest, amount, step.scope, fold=False)
+    _finetune(model, step, spec)  # with torch's masks in place: zeros stay zero
+    fold_masks(model)
     total = sum(m.weight.numel() for _, m in layers)
     zeros = sum(int((m.weight == 0).sum()) for _, m in layers)
     return Kernel("prune", f"torch.nn.utils.prune L1 unstructured ({step.scope})",
                   detail={"layers": len(layers), "zero_fraction": round(zeros / max(total, 1), 4),
-                          "finetune_epochs": step.finetune_epochs})
+                          "finetune_epochs": step.finetune_epochs, "layer_overrides": len(own)})
 
 
-def structured(model: nn.Module, step: Prune, spec: ModelSpec) -> Kernel:
-    """Physically remove the lowest-L2 channels (and attention heads where the model declares them)."""
+def structured(model: nn.Module, step: Prune, spec: ModelSpec,
+               overrides: dict[str, LayerOverride] | None = None) -> Kernel:
+    """Physically remove the lowest-L2 channels (and attention heads where the model declares them); a layer's
+    override sets the fraction of its output channels removed (0 keeps it whole)."""
     import torch_pruning as tp
 
     check_finetune(step, spec)
     before = sum(p.numel() for p in model.parameters())
-    never = [m for n, m in model.named_modules() if n in spec.never_prune]
+    own, _ = plan(model, step, spec, overrides or {})
+    mods = dict(model.named_modules())
+    never = [m for n, m in model.named_modules() if n in spec.never_prune] + [mods[n] for n, a in own.items() if a == 0]
     kwargs: dict = {"ignored_layers": never}
+    if any(own.values()):
+        kwargs["pruning_ratio_dict"] = {mods[n]: a for n, a in own.items() if a > 0}
     finalize = None
     if spec.structured_setup is not None:
         extra, finalize = spec.structured_setup(model)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from engine.core.hardware import detect
-from engine.core.recipe import Quantize
+from engine.core.recipe import LayerOverride, Quantize
 from engine.core.result import Kernel
 
 QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -86,31 +87,69 @@ def dequantize(meta: QuantMeta) -> torch.Tensor:
     return flat[:, :n].reshape(meta.shape)
 
 
-def to_grid(model: nn.Module, step: Quantize) -> dict[str, QuantMeta]:
-    """Put every Linear/Conv weight and every embedding table (one grid per row) on the b-bit grid, in place;
-    return the codes for storage. Embeddings are half of a small transformer's parameters: left in float,
-    an int8 MiniLM would store only 1.6x smaller than fp32."""
-    group = step.group_size if step.granularity == "per-group" else None
-    metas: dict[str, QuantMeta] = {}
+def layer_bits(model: nn.Module, step: Quantize, overrides: dict[str, LayerOverride] | None = None
+               ) -> dict[str, int]:
+    """{module name: its bit width} for every weight to quantize (an override's "none" leaves its layer out)."""
+    out = {}
     for name, mod in model.named_modules():
         if isinstance(mod, QUANTIZABLE + (nn.Embedding,)):
-            meta = quantize_tensor(mod.weight, step.bits, group)
-            with torch.no_grad():
-                mod.weight.copy_(dequantize(meta).to(mod.weight.dtype))
-            metas[f"{name}.weight"] = meta
+            o = (overrides or {}).get(name)
+            bits = step.bits if o is None or o.bits is None else o.bits
+            if bits != "none":
+                out[name] = bits
+    return out
+
+
+def fake_quantize(w: torch.Tensor, bits: int, group_size: int | None) -> torch.Tensor:
+    """`w` on its b-bit grid in the forward pass, gradients passed straight through (quantization-aware
+    training; the grid is the same function `to_grid` applies afterwards)."""
+    return w + (dequantize(quantize_tensor(w, bits, group_size)).to(w.dtype) - w).detach()
+
+
+def to_grid(model: nn.Module, step: Quantize, overrides: dict[str, LayerOverride] | None = None) -> dict[str, Any]:
+    """Put every Linear/Conv weight and every embedding table (one grid per row) on the b-bit grid (or, for the
+    codebook scheme, on its layer's k-means codebook), in place; return the codes for storage. Embeddings are
+    half of a small transformer's parameters: left in float, an int8 MiniLM would store only 1.6x smaller
+    than fp32."""
+    from engine.compress import codebook
+
+    group = step.group_size if step.granularity == "per-group" else None
+    metas: dict[str, Any] = {}
+    mods = dict(model.named_modules())
+    for name, bits in layer_bits(model, step, overrides).items():
+        mod = mods[name]
+        if step.scheme == "codebook":
+            meta = codebook.share(mod.weight.detach().float(), bits)
+            grid = codebook.dense(meta)
+        else:
+            meta = quantize_tensor(mod.weight, bits, group)
+            grid = dequantize(meta)
+        with torch.no_grad():
+            mod.weight.copy_(grid.to(mod.weight.dtype))
+        metas[f"{name}.weight"] = meta
     return metas
 
 
-def select_kernels(model: nn.Module, step: Quantize, device: str) -> tuple[list[Kernel], list[str]]:
+def select_kernels(model: nn.Module, step: Quantize, device: str,
+                   overrides: dict[str, LayerOverride] | None = None) -> tuple[list[Kernel], list[str]]:
     """Run the grid weights on the fastest real path: int8 GEMM for `dynamic` Linear layers; everything
-    else runs dequantized, and says so."""
-    n_linear = sum(isinstance(m, nn.Linear) for m in model.modules())
-    n_conv = sum(isinstance(m, QUANTIZABLE) and not isinstance(m, nn.Linear) for m in model.modules())
+    else runs dequantized, and says so. A layer an override keeps in float stays on the float kernel."""
+    quantized = set(layer_bits(model, step, overrides)) if overrides else None
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)
+               and (quantized is None or n in quantized)]
+    n_linear = len(linears)
+    n_conv = sum(isinstance(m, QUANTIZABLE) and not isinstance(m, nn.Linear) and (quantized is None or n in quantized)
+                 for n, m in model.named_modules())
     n_emb = sum(isinstance(m, nn.Embedding) for m in model.modules())
     lookup = [Kernel("quantize", "embedding rows on the grid, looked up as float", detail={
         "layers": n_emb, "why": "a lookup reads one row per token: float or int8 rows cost the same time; the "
                                 "stored size counts the packed codes"})] if n_emb else []
     grid = f"{step.bits}-bit {step.granularity}" + (f" (group {step.group_size})" if step.granularity == "per-group" else "")
+    if step.scheme == "codebook":
+        return ([Kernel("quantize", "codebook weights decoded to float (no lookup kernel)", simulated=True,
+                        detail={"layers": n_linear + n_conv, "centroids": 2 ** step.bits})] + lookup,
+                [f"{step.bits}-bit codebook (k-means weight sharing) runs decoded to float on {device}: latency is "
+                 "that of the float model; size counts entropy-coded indices and codebooks"])
     if step.scheme != "dynamic":
         return ([Kernel("quantize", "dequantized float weights", simulated=True,
                         detail={"layers": n_linear + n_conv, "grid": grid})] + lookup,
@@ -121,7 +160,9 @@ def select_kernels(model: nn.Module, step: Quantize, device: str) -> tuple[list[
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's deprecation notice; its kernel is still the fastest here
-        quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+        spec = {nn.Linear: per_channel_dynamic_qconfig} if quantized is None else \
+            {n: per_channel_dynamic_qconfig for n in linears}
+        quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
     for m in model.modules():
         if type(m) is nnqd.Linear:
             m.__class__ = FullRangeDynamicLinear

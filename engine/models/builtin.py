@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.models.hf import transformer_structured, fidelity_score, load_model, load_tokenizer, mean_pooled
+from engine.models.hf import (fidelity_score, layer_states, load_model, load_tokenizer, mean_pooled,
+                              transformer_structured)
 from engine.models.registry import ModelSpec, register_model
 
 if TYPE_CHECKING:  # torch loads when a spec is built, not when names are listed (a front end lists them)
@@ -41,11 +42,24 @@ def _digits_spec(name: str, description: str) -> ModelSpec:
         source=f"sample_models/{name}.safetensors (trained by sample_models/train.py on scikit-learn digits)",
         metric="top-1 accuracy on the held-out digits split (450 images)",
         build=build, example_inputs=example_inputs, eval_inputs=lambda: [digits_split()[2]], score=score,
-        never_prune=("classifier",), finetune=_finetune_digits,
+        never_prune=("classifier",), finetune=_finetune_digits, train_batches=_digits_batches,
         calibration_inputs=lambda: [digits_split()[0][:CALIBRATION_IMAGES]],
         preprocessing="8x8 grey-scale digit images as float in [0, 1] (scikit-learn digits pixel value / 16), "
                       "shape (batch, 1, 8, 8); output: 10 class logits",
     )
+
+
+def _digits_batches(epoch: int):
+    """One epoch of the training split in a seeded order (recovery's data; never the evaluation split)."""
+    import torch
+
+    from sample_models.digits import digits_split
+    from sample_models.train import BATCH, SEED
+
+    x, y = digits_split()[:2]
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(SEED + epoch))
+    for i in range(0, len(order), BATCH):
+        yield x[order[i:i + BATCH]], y[order[i:i + BATCH]]
 
 
 def _finetune_digits(model: torch.nn.Module, epochs: int) -> None:
@@ -77,6 +91,16 @@ def minilm() -> ModelSpec:
     def encode(texts: list[str]) -> dict[str, torch.Tensor]:
         return dict(tokenizer(texts, padding=True, truncation=True, max_length=m.MAX_TOKENS, return_tensors="pt"))
 
+    def corpus_batches(epoch: int):
+        """The unlabelled distillation corpus (disjoint from the evaluation sentences): fixed batches of similar
+        length (little padding) in a seeded order, each with a key, so the teacher's embeddings of a batch are
+        computed once and reused in later epochs."""
+        corpus = sorted(m.corpus(), key=lambda s: (len(s), s))
+        batches = [corpus[i:i + m.CORPUS_BATCH] for i in range(0, len(corpus), m.CORPUS_BATCH)]
+        order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(m.CORPUS_SEED + epoch))
+        for i in order.tolist():
+            yield encode(batches[i]), None, i
+
     return ModelSpec(
         name="minilm", task="sentence embedding (real pretrained transformer, 22.7 M parameters)",
         description="all-MiniLM-L6-v2 (6 layers, 12 heads, hidden 384), mean-pooled embeddings",
@@ -88,6 +112,7 @@ def minilm() -> ModelSpec:
         example_inputs=lambda batch: encode([sents[i % len(sents)] for i in range(batch)]),
         eval_inputs=lambda: [encode(sents)],
         score=fidelity_score, forward=mean_pooled, never_prune=("pooler",), structured_setup=transformer_structured,
+        train_batches=corpus_batches, train_labelled=False, recover_lr=3e-4, distill_forward=layer_states,
         preprocessing=f"text tokenised with the model's own tokenizer (padding, truncation to {m.MAX_TOKENS} tokens); "
                       "inputs are the tokenizer's input_ids / token_type_ids / attention_mask; output: mean-pooled, "
                       "L2-normalised sentence embeddings (batch, 384)",

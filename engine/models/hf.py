@@ -112,6 +112,19 @@ def mean_pooled(model: Any, inputs: dict[str, Any]) -> Any:
     return torch.nn.functional.normalize(pooled.float(), dim=-1)
 
 
+def layer_states(model: Any, inputs: dict[str, Any]) -> list[Any]:
+    """Every layer's hidden states at the real (unpadded) tokens, then the pooled embedding: what distillation of
+    an encoder matches layer by layer (structured pruning keeps the hidden size, so they compare one to one)."""
+    import torch
+
+    out = model(**inputs, output_hidden_states=True)
+    keep = inputs["attention_mask"].bool()
+    states = [h[keep] for h in out.hidden_states[1:]]
+    mask = inputs["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)
+    pooled = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return states + [torch.nn.functional.normalize(pooled.float(), dim=-1)]
+
+
 def logits(model: Any, inputs: dict[str, Any]) -> Any:
     return model(**inputs).logits
 

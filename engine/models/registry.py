@@ -41,6 +41,17 @@ class ModelSpec:
     structured_setup: Callable[[nn.Module], tuple[dict[str, Any], Callable[[nn.Module, Any], None]]] | None = None
     # Optional: retrain in place for n epochs on the model's training data (after pruning).
     finetune: Callable[[nn.Module, int], None] | None = None
+    # Optional: training batches (inputs, targets[, key]) for one epoch (`epoch` seeds its order); targets None
+    # for an unlabelled corpus (distillation only); a key marks a batch that recurs across epochs (its teacher
+    # outputs are computed once). `loss(outputs, targets)` defaults to cross-entropy; `recover_lr`
+    # is the learning rate recovery uses unless a recipe sets one.
+    train_batches: Callable[[int], Any] | None = None
+    train_labelled: bool = True
+    loss: Callable[[Any, Any], Any] | None = None
+    recover_lr: float = 1e-3
+    # Optional, for distilling an encoder: (model, inputs) -> [each layer's states..., the final output]; matched
+    # layer by layer (relative MSE) besides the output's cosine, a far richer signal than the output alone.
+    distill_forward: Callable[[nn.Module, Inputs], list[torch.Tensor]] | None = None
     # Optional: inputs drawn from training data (never the evaluation data) to calibrate static int8 activation
     # ranges; without them int8 uses dynamic activation quantization only.
     calibration_inputs: Callable[[], list[Inputs]] | None = None
@@ -49,7 +60,8 @@ class ModelSpec:
 
     def info(self, parameters: int | None = None) -> "ModelInfo":
         return ModelInfo(self.name, self.task, self.description, self.source, self.metric, self.metric_kind,
-                         self.finetune is not None, parameters)
+                         self.finetune is not None, parameters, self.train_batches is not None,
+                         self.train_batches is not None and self.train_labelled)
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,8 @@ class ModelInfo:
     metric_kind: str
     can_finetune: bool
     parameters: int | None = None  # known once the model is built
+    can_distill: bool = False  # it has training inputs (labelled or not)
+    can_recover_labels: bool = False  # its training inputs carry labels (fine-tuning)
 
 
 _REGISTRY: dict[str, Callable[[], ModelSpec]] = {}

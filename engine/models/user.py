@@ -291,7 +291,9 @@ def _py_spec(name: str, path: Path, module: Any, built: nn.Module, batches: list
         metric=str(getattr(module, "METRIC", "accuracy as the file's score() computes it")),
         build=module.build, example_inputs=module.example_inputs, eval_inputs=lambda: [b[0] for b in batches],
         score=score, never_prune=tuple(getattr(module, "never_prune", last)),
-        finetune=(lambda model, epochs: _fit(model, module, epochs)) if trains else None)
+        finetune=(lambda model, epochs: _fit(model, module, epochs)) if trains else None,
+        train_batches=(lambda epoch: module.train_batches()) if trains else None,
+        loss=getattr(module, "loss", None))
 
 
 def _fit(model: nn.Module, module: Any, epochs: int) -> None:

@@ -100,6 +100,10 @@ def export_onnx(applied: Applied, recipe: Recipe, spec: ModelSpec, path: Path) -
         if recipe.quantize.bits < 8:
             notes.append(f"{recipe.quantize.bits}-bit grid values re-quantized to int8 by ONNX Runtime's quantizer "
                          "(its integer kernels are 8-bit)")
+        if any(o.bits is not None for o in recipe.layers):
+            notes.append("ONNX Runtime's quantizer gives every layer int8 weights: the recipe's per-layer bit widths "
+                         "(and layers it keeps in float) hold in compressed.bin and the PyTorch model, not in "
+                         "model.onnx")
     elif recipe.quantize.bits is not None:
         notes.append(f"{recipe.quantize.bits}-bit {recipe.quantize.scheme} weights stored as their dequantized grid "
                      "values: ONNX Runtime runs them with float kernels")
