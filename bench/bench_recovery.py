@@ -35,15 +35,15 @@ def deep_compression(lines: list[str], db: Path) -> None:
     candidates = {
         "magnitude 90 % (gradual from 50 %, 600 steps) + 4-bit codebook": dict(
             prune=0.9, recover={"method": "finetune", "steps": 600, "schedule": "gradual", "initial_sparsity": 0.5}),
-        "magnitude 93 % (gradual) + 4-bit codebook, fc1 at 85 %": dict(
-            prune=0.93, layers={"fc1": {"prune": 0.85}},
-            recover={"method": "finetune", "steps": 900, "schedule": "gradual", "initial_sparsity": 0.5}),
         "magnitude 95 % (gradual) + 4-bit codebook, fc1 at 88 %": dict(
             prune=0.95, layers={"fc1": {"prune": 0.88}},
             recover={"method": "finetune", "steps": 1200, "schedule": "gradual", "initial_sparsity": 0.5}),
-        "magnitude 93 % (gradual, distilled) + 3-bit codebook, fc1 at 85 %": dict(
-            prune=0.93, bits=3, layers={"fc1": {"prune": 0.85}},
-            recover={"method": "distill", "steps": 900, "schedule": "gradual", "initial_sparsity": 0.5}),
+        "magnitude 97 % (gradual) + 4-bit codebook, fc1 at 90 %": dict(
+            prune=0.97, layers={"fc1": {"prune": 0.9}},
+            recover={"method": "finetune", "steps": 1500, "schedule": "gradual", "initial_sparsity": 0.5}),
+        "magnitude 97 % (gradual) + 3-bit codebook, fc1 at 92 %": dict(
+            prune=0.97, bits=3, layers={"fc1": {"prune": 0.92}},
+            recover={"method": "finetune", "steps": 1500, "schedule": "gradual", "initial_sparsity": 0.5}),
     }
     lines += ["## Deep Compression storage (digits-mlp, LeNet-300-100 shape)", "",
               "| recipe | accuracy (baseline) | stored bytes (fp32) | smaller | recovery wall |", "|---|---|---|---|---|"]
@@ -81,7 +81,7 @@ def distillation(lines: list[str], db: Path) -> None:
               "| recipe | fidelity | speed-up vs fp32 (paired, batch 1) | recovery |", "|---|---|---|---|"]
     rows = {}
     for name, recover in (("no recovery", None), ("distilled, 300 steps", {"method": "distill", "steps": 300}),
-                          ("distilled, 800 steps", {"method": "distill", "steps": 800})):
+                          ("distilled, 1000 steps", {"method": "distill", "steps": 1000})):
         recipe = api.recipe_from_fields("minilm", prune=0.5, prune_method="structured", recover=recover)
         t0 = time.perf_counter()
         r = api.measure_or_load(recipe, db, "thorough").result

@@ -138,9 +138,14 @@ def test_add_a_model_by_upload_in_the_sidebar(server, tmp_path):
         page.goto(url)
         page.wait_for_selector('[data-testid="stMetric"]', timeout=90_000)
         sidebar = page.locator('[data-testid="stSidebar"]')
-        if not sidebar.is_visible():  # at 800 px the sidebar starts collapsed
-            page.locator('[data-testid="stExpandSidebarButton"], [data-testid="stSidebarCollapsedControl"] button') \
-                .first.click()
+        for _ in range(10):  # at 800 px the sidebar starts collapsed; a click during a redraw is dropped: retry
+            if sidebar.get_by_text("Add a model").is_visible():
+                break
+            expand = page.locator('[data-testid="stExpandSidebarButton"], '
+                                  '[data-testid="stSidebarCollapsedControl"] button').first
+            if expand.is_visible():
+                expand.click()
+            page.wait_for_timeout(1000)
         sidebar.get_by_text("Add a model").click()
         sidebar.locator('[data-testid="stSelectbox"]', has_text="Task").click()
         page.get_by_role("option", name="text-classification").click()

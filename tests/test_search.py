@@ -111,5 +111,5 @@ def test_the_search_space_and_warm_start_come_from_sensitivity():
                            can_train=True, labelled=True, native_bf16=False)
     assert space.sensitive == ["conv1", "fc", "conv2"] and space.recover_method == "finetune"
     starts = space.warm_starts()
-    assert starts[0]["scale_0"] < 1.0 and all(s["recover_steps"] for s in starts)
+    assert starts[0]["scale_0"] < 1.0 and [s["recover_steps"] for s in starts] == [0, 100, 300]  # cheapest first
     assert sensitivity.probe_recipe("digits-cnn", "quantize", "", "fc", 4).layers[1].pattern == "fc"

@@ -140,9 +140,9 @@ def search_status() -> None:
     summary = job.progress() if alive else (job.result() or job.progress())
     elapsed = time.time() - now["started"]
     if alive:
-        if summary is None:
-            st.progress(0.0, text=f"Starting ({elapsed:.0f} s): loading the model and measuring the uncompressed "
-                                  "one; the first search of a model also measures each layer's sensitivity.")
+        if summary is None or "feasible" not in summary:
+            st.progress(0.0, text=f"Starting ({elapsed:.0f} s): " + (summary or {}).get(
+                "phase", "loading the model") + " (the first search of a model measures each layer's sensitivity).")
         else:
             done, feasible = summary["trials_done"], summary["feasible"]
             if summary.get("trials_target"):
@@ -154,6 +154,8 @@ def search_status() -> None:
                         + (" (finishing the trial under way)" if value >= 1 else ""))
             st.progress(min(1.0, value), text=f"{text} · {feasible} at or above the floor "
                                               f"({summary['threshold']:.3f}) · {summary['failed']} failed")
+            if summary.get("phase"):
+                st.caption(f"Now: {summary['phase']}")
     elif job.error():
         st.error(f"The search stopped with an error: {ui.plain(job.error())}")
     else:
@@ -164,7 +166,7 @@ def search_status() -> None:
         else:
             st.success(f"Search done: {trials_text(done)} in all, {summary['feasible'] if summary else 0} at or above "
                        f"the floor ({summary['threshold']:.3f} {metric})." if summary else "Search done.")
-    if summary is not None:
+    if summary is not None and "feasible" in summary:
         found_table(summary)
     if alive != now["was_running"]:  # it ended since the last full run: the buttons catch up
         st.rerun()

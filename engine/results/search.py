@@ -95,11 +95,16 @@ class Space:
     def warm_starts(self) -> list[dict[str, Any]]:
         """First trials from sensitivity: prune the insensitive layers hard and the sensitive ones lightly."""
         keep = {f"scale_{i}": 0.5 if i < 2 else 0.75 for i in range(len(self.sensitive))}
-        steps = {"recover_steps": 300} if self.recover_method else {}
+
+        def steps(n: int) -> dict[str, int]:
+            return {"recover_steps": n} if self.recover_method else {}
+
+        # Cheapest first: a first point in seconds, then the recovered ones.
         return [
-            {"prune_method": "structured", "prune_amount": 0.5, "bits": "none", "precision": "fp32", **keep, **steps},
-            {"prune_method": "structured", "prune_amount": 0.7, "bits": 8, "precision": "fp32", **keep, **steps},
-            {"prune_method": "magnitude", "prune_amount": 0.8, "bits": 8, "precision": "fp32", **keep, **steps},
+            {"prune_method": "structured", "prune_amount": 0.3, "bits": "none", "precision": "fp32", **keep, **steps(0)},
+            {"prune_method": "structured", "prune_amount": 0.6, "bits": "none", "precision": "fp32", **keep,
+             **steps(100)},
+            {"prune_method": "structured", "prune_amount": 0.8, "bits": 8, "precision": "fp32", **keep, **steps(300)},
         ]
 
 
@@ -128,6 +133,8 @@ def run(model: str, db: str | Path, min_accuracy: str, objectives: str = DEFAULT
 
     objs = check(objectives, trials, budget_s)
     api.check_profile(profile)
+    write_progress(progress_file, {"phase": "loading the model and measuring per-layer sensitivity", "trials_done": 0,
+                                   "trials_target": trials, "budget_s": budget_s, "found": []})
     base, spec = base_model(model)
     baseline = reference(model)[1]["accuracy"]
     threshold = pareto.parse_min_accuracy(min_accuracy, baseline)
@@ -176,6 +183,9 @@ def run(model: str, db: str | Path, min_accuracy: str, objectives: str = DEFAULT
             logging.getLogger(__name__).debug("skipped: %s", exc)
             continue
         trial.set_user_attr("recipe", recipe.to_dict())
+        write_progress(progress_file, {**_summary(study, objs, threshold, baseline, trials, budget_s,
+                                                  time.perf_counter() - start, name),
+                                       "phase": f"trial {done + 1}: {recipe.label()}"})
         measured = api.measure_or_load(recipe, db, profile)
         r = measured.result
         trial.set_user_attr("row_id", measured.row_id)
@@ -195,7 +205,7 @@ def run(model: str, db: str | Path, min_accuracy: str, objectives: str = DEFAULT
             on_trial(summary)
     summary = _summary(study, objs, threshold, baseline, trials, budget_s, time.perf_counter() - start, name)
     summary["stopped"] = should_stop()
-    write_progress(progress_file, {**summary, "finished": True})
+    write_progress(progress_file, {**summary, "finished": True, "phase": "stopped" if summary["stopped"] else "done"})
     return summary
 
 
