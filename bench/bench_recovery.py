@@ -22,7 +22,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench import machine_line  # noqa: E402
 from engine import api  # noqa: E402
-from engine.core.recipe import Recipe  # noqa: E402
 from engine.results import pareto  # noqa: E402
 
 
@@ -156,10 +155,10 @@ def grid_and_search(lines: list[str], db: Path, search_s: float) -> None:
     pick = max(undominated, key=lambda r: r["speedup"])
     # The pick and the grid's fastest, timed in alternating blocks in one process: their ratio is paired.
     base, spec = base_model(model)
-    a = apply(base, Recipe.from_json(pick["recipe_json"]), spec)
-    b = apply(base, Recipe.from_json(fastest["recipe_json"]), spec)
-    xa = cast_inputs(spec.example_inputs(1), Recipe.from_json(pick["recipe_json"]).precision, "cpu")
-    xb = cast_inputs(spec.example_inputs(1), Recipe.from_json(fastest["recipe_json"]).precision, "cpu")
+    ra, rb = api.recipe_of_row(pick["id"], db), api.recipe_of_row(fastest["id"], db)
+    a, b = apply(base, ra, spec), apply(base, rb, spec)
+    xa = cast_inputs(spec.example_inputs(1), ra.precision, "cpu")
+    xb = cast_inputs(spec.example_inputs(1), rb.precision, "cpu")
     threads = default_threads()
     torch.set_num_threads(threads)
     with torch.inference_mode():
