@@ -98,7 +98,8 @@ def distillation(lines: list[str], db: Path) -> None:
         lines.append(f"- target fidelity >= 0.95 and >= 1.7x: fidelity {_ok(best.accuracy >= 0.95)} "
                      f"({best.accuracy:.4f}), speed-up {_ok(best.speedup >= 1.7)} ({best.speedup:.2f}x)")
     lines.append("- corpus: `sample_models/minilm_corpus.txt` (its header states the source), disjoint from the 40 "
-                 "evaluation sentences; loss 1 - cosine between the compressed and uncompressed embeddings")
+                 "evaluation sentences; loss: 1 - cosine between the compressed and uncompressed embeddings plus each "
+                 "layer's hidden states' relative MSE (TinyBERT-style)")
     lines.append("")
 
 
