@@ -20,7 +20,7 @@ from bench import machine_line  # noqa: E402
 from engine.measure.fingerprint import fingerprint  # noqa: E402
 from engine.measure.run import run_recipe as measure  # noqa: E402
 from engine.results.store import Store  # noqa: E402
-from engine.results.sweep import expand_grid, run_sweep  # noqa: E402
+from engine.jobs.sweep import expand_grid, run_sweep  # noqa: E402
 
 
 def interactive(lines: list[str]) -> None:

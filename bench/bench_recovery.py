@@ -111,7 +111,7 @@ def grid_and_search(lines: list[str], db: Path, search_s: float) -> None:
     from engine.measure.latency import PROFILES, time_paired
     from engine.measure.run import default_threads
     from engine.compress.pipeline import apply
-    from engine.measure.run import base_model
+    from engine.models import base_model
 
     model = "digits-cnn"
     recipes, _ = api.sweep_grid(model, prune=[0.0, 0.3, 0.5, 0.7, 0.9], methods=["magnitude", "structured"],

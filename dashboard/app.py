@@ -11,7 +11,7 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the defaults download nothing
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from engine.measure.worker import shared  # noqa: E402
+from engine.jobs.worker import shared  # noqa: E402
 
 if shared().pid is None:  # first thing: torch loads in the measuring process while this one imports the rest
     shared().start()

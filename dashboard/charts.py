@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from engine.figures import (AXIS_LABELS, CURRENT, FRONT, axis_label, batch_figure, legend_note,  # noqa: F401
+from engine.results.figures import (AXIS_LABELS, CURRENT, FRONT, axis_label, batch_figure, legend_note,  # noqa: F401
                             pareto_figure)
 
 

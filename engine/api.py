@@ -20,12 +20,14 @@ from engine.core.errors import NO_CUDA, UserError
 from engine.core.recipe import Recipe
 from engine.core.result import Result
 from engine.measure.fingerprint import fingerprint
-from engine.measure.latency import PROFILES
-from engine.measure.worker import Worker, shared
+from engine.measure import latency
+from engine.jobs.worker import Worker, shared
 from engine.results import pareto
-from engine.results.cluster import ClusterJob, ClusterOptions
+from engine.jobs.cluster import ClusterJob, ClusterOptions
 from engine.results.store import PROFILE_RANK, Store
-from engine.results.sweep import Step, SweepSummary, expand_grid, run_sweep, todo
+from engine.jobs import lookup
+from engine.jobs.lookup import Measured
+from engine.jobs.sweep import Step, SweepSummary, expand_grid, run_sweep, todo
 
 # The small grid that seeds an empty store so the first screen already shows a frontier.
 SEED_GRID = dict(prune=[0.0, 0.5], methods=["magnitude", "structured"], bits=[None, 8, 4], precisions=["fp32", "bf16"])
@@ -33,24 +35,14 @@ LARGE_MODEL_PARAMS = 1_000_000
 BASELINE_RETRY_S = 30.0
 
 
-@dataclass
-class Measured:
-    result: Result
-    row_id: int
-    from_store: bool
-    kept_better: bool = False  # a new measurement was made, but the store kept its better earlier one
-
-
 def worker() -> Worker:
-    """The shared measuring process of this front end (see engine.measure.worker)."""
+    """The shared measuring process of this front end (see engine.jobs.worker)."""
     return shared()
 
 
 # --- checks ---------------------------------------------------------------------------------------------
 def check_profile(profile: str) -> str:
-    if profile not in PROFILES:
-        raise UserError(f"profile={str(profile)[:40]!r} is not allowed: choose one of {', '.join(PROFILES)}")
-    return profile
+    return latency.check_profile(profile)
 
 
 def check_settings() -> None:
@@ -110,7 +102,7 @@ def describe_model(name: str, via: Worker | None = None):
 
 def load_model(name: str) -> None:
     """Load the model now (cached for the process): a folder that cannot load is a UserError before any work."""
-    from engine.measure.run import base_model
+    from engine.models import base_model
 
     check_model(name)
     base_model(name)
@@ -131,7 +123,7 @@ def check_recipe_fits(recipe: Recipe) -> None:
     if not recipe.layers and recipe.recover.method == "none":
         return
     from engine.compress import layers, prune, recover
-    from engine.measure.run import base_model
+    from engine.models import base_model
 
     model, spec = base_model(recipe.model)
     prune.plan(model, recipe.prune, spec, layers.resolve(recipe, model))
@@ -152,7 +144,7 @@ def _check_runnable(model: str, device: str, via: Worker | None) -> None:
 
 def models() -> list[dict[str, Any]]:
     """Every registered model with its facts; one that cannot load here says why instead of failing the list."""
-    from engine.measure.run import base_model
+    from engine.models import base_model
     from engine.models import model_names
 
     out = []
@@ -179,12 +171,6 @@ def measure(recipe: Recipe, profile: str = "quick") -> Result:
     return run_recipe(recipe, profile=check_profile(profile))
 
 
-def _usable(result: Result, profile: str) -> bool:
-    """A stored result good enough to answer a request at `profile` (older engines' rows are re-measured)."""
-    return result.engine_version == __version__ and (
-        result.error is not None or PROFILE_RANK.get(result.profile, -1) >= PROFILE_RANK[profile])
-
-
 def measure_or_load(recipe: Recipe, db: str | Path, profile: str = "quick", via: Worker | None = None,
                     fresh: bool = False) -> Measured:
     """The stored result of this recipe on this machine, or a new measurement (then stored).
@@ -192,22 +178,7 @@ def measure_or_load(recipe: Recipe, db: str | Path, profile: str = "quick", via:
     `via`: measure in that worker process instead of this one. `fresh`: measure even if stored (the
     store still keeps the better of the two: a busy re-measure does not replace a quiet row)."""
     describe_model(recipe.model, via)
-    check_profile(profile)
-    dev = fingerprint()["id"]
-    if not fresh:
-        with Store(db) as store:
-            hit = store.get(recipe, dev)
-        if hit is not None and _usable(hit[1], profile):
-            return Measured(hit[1], hit[0], True)
-    if via is not None:
-        new, row_id = via.measure(recipe, str(db), profile)
-    else:
-        new = measure(recipe, profile)
-        with Store(db) as store:
-            row_id = store.put(new)
-    with Store(db) as store:
-        stored = store.get_id(row_id)
-    return Measured(stored, row_id, False, kept_better=stored.measured_at != new.measured_at)
+    return lookup.measure_or_load(recipe, db, check_profile(profile), via, fresh)
 
 
 def baseline_of(recipe: Recipe, db: str | Path, via: Worker | None = None) -> Measured:
@@ -247,7 +218,7 @@ def seed_grid(model: str, via: Worker | None = None) -> list[Recipe]:
     if via is not None:
         parameters = via.describe(model).parameters
     else:
-        from engine.measure.run import base_model
+        from engine.models import base_model
 
         parameters = sum(p.numel() for p in base_model(model)[0].parameters())
     if parameters > LARGE_MODEL_PARAMS:
@@ -278,7 +249,7 @@ def cluster_sweep(recipes: list[Recipe], db: str | Path, cluster: ClusterOptions
                   on_progress: Callable[[Step], None] | None = None, should_stop: Callable[[], bool] = lambda: False,
                   retry_failed: bool = False, remeasure_contended: bool = False) -> SweepSummary:
     """Measure the grid on every machine type of a Ray cluster (resumable per machine; rows land in `db`)."""
-    from engine.results import cluster as ray_cluster  # Ray is optional: imported only for a cluster sweep
+    from engine.jobs import cluster as ray_cluster  # Ray is optional: imported only for a cluster sweep
 
     check_profile(profile)
     with Store(db) as store:
@@ -437,8 +408,8 @@ def sensitivity(model: str, db: str | Path, technique: str = "prune", levels: li
                 on_progress: Callable[[int, int, str], None] | None = None,
                 progress_file: str | Path | None = None) -> dict[str, Any]:
     """Each layer's accuracy drop when compressed alone (stored in `db`; read from it unless `fresh`)."""
-    from engine.results import sensitivity as sens
-    from engine.results.jobs import write_progress
+    from engine.jobs import sensitivity as sens
+    from engine.jobs.command import write_progress
 
     def progress(i: int, n: int, layer: str) -> None:
         write_progress(progress_file, {"done": i, "total": n, "layer": layer})
@@ -462,7 +433,7 @@ def sensitivity(model: str, db: str | Path, technique: str = "prune", levels: li
 def stored_sensitivity(model: str, db: str | Path, technique: str = "prune", method: str = "magnitude"
                        ) -> dict[str, Any] | None:
     """The newest stored sensitivity of `model` on this machine (read without loading any model)."""
-    from engine.results import sensitivity as sens
+    from engine.jobs import sensitivity as sens
 
     if technique not in sens.TECHNIQUES:
         raise UserError(f"technique={str(technique)[:40]!r} is not allowed: choose prune or quantize")
@@ -473,8 +444,8 @@ def stored_sensitivity(model: str, db: str | Path, technique: str = "prune", met
 def start_sensitivity(model: str, db: str | Path, technique: str = "prune", levels: list | None = None,
                       method: str = "magnitude"):
     """A sensitivity scan in a process of its own (a CommandJob: progress, stop, result)."""
-    from engine.results import sensitivity as sens
-    from engine.results.jobs import CommandJob
+    from engine.jobs import sensitivity as sens
+    from engine.jobs.command import CommandJob
 
     levels = sens.check_levels(technique, levels, method)
     return CommandJob(["sensitivity", "--model", model, "--db", str(Path(db).resolve()), "--technique", technique,
@@ -484,8 +455,8 @@ def start_sensitivity(model: str, db: str | Path, technique: str = "prune", leve
 def start_search(model: str, db: str | Path, min_accuracy: str, objectives: str = "latency:min,size:min",
                  trials: int | None = None, budget_s: float | None = None, profile: str = "quick"):
     """A search in a process of its own (a CommandJob); stopping it loses nothing and the same call resumes."""
-    from engine.results import search as searcher
-    from engine.results.jobs import CommandJob
+    from engine.jobs import search as searcher
+    from engine.jobs.command import CommandJob
 
     searcher.check(objectives, trials, budget_s)
     check_profile(profile)
@@ -500,7 +471,7 @@ def search(model: str, db: str | Path, min_accuracy: str, objectives: str = "lat
            on_trial: Callable[[dict[str, Any]], None] | None = None, should_stop: Callable[[], bool] = lambda: False,
            progress_file: str | Path | None = None) -> dict[str, Any]:
     """Search recipes above an accuracy threshold, minimising the objectives (resumes a stored study)."""
-    from engine.results import search as searcher
+    from engine.jobs import search as searcher
 
     searcher.check(objectives, trials, budget_s)
     check_profile(profile)

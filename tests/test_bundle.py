@@ -16,7 +16,7 @@ from engine.cli import main
 from engine.compress import codec
 from engine.compress.pipeline import apply
 from engine.core.recipe import Prune, Quantize, Recipe
-from engine.measure.run import base_model
+from engine.models import base_model
 from engine.models import get_spec
 
 FAMILIES = {

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from engine import api
-from engine.results import cluster
+from engine.jobs import cluster
 from tests import user_models as u
 from tests.conftest import ROOT
 from tests.test_cli import run_cli

@@ -11,7 +11,8 @@ from engine.compress.pipeline import apply
 from engine.compress.quantize import distinct_levels
 from engine.core.errors import RecipeError, UserError
 from engine.core.recipe import Recipe
-from engine.measure.run import base_model, evaluate
+from engine.measure.run import evaluate
+from engine.models import base_model
 from tests.test_cli import one_line_exit_2
 
 

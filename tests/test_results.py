@@ -14,7 +14,7 @@ from engine.core.errors import RecipeError, UserError
 from engine.core.recipe import Prune, Recipe
 from engine.measure.run import run_recipe
 from engine.results.store import SCHEMA_VERSION, Store
-from engine.results.sweep import expand_grid, run_sweep
+from engine.jobs.sweep import expand_grid, run_sweep
 from tests.conftest import ROOT
 
 

@@ -11,7 +11,7 @@ from engine.core.errors import RecipeError
 from engine.core.recipe import Prune, Quantize, Recipe
 from engine.measure.run import run_recipe
 from engine.results.store import Store
-from engine.results.sweep import expand_grid
+from engine.jobs.sweep import expand_grid
 
 
 def test_runtime_defaults_to_eager_and_old_recipes_keep_their_key():
@@ -140,7 +140,7 @@ def test_batch_sizes_are_a_sweep_axis_and_never_compete(tmp_path):
                  "--db", str(db)]) == 0
     out = api.frontier("digits-mlp", db, "accuracy:max,latency:min", include_untrusted=True, batch_size=4)
     assert out["batch_sizes"] == [1, 4] and {r["batch_size"] for r in out["frontier"]} == {4}
-    from engine.figures import batch_figure
+    from engine.results.figures import batch_figure
     fig = batch_figure(api.model_rows("digits-mlp", db, ["accuracy", "latency"])["all_rows"])
     assert any(len(t.x) == 2 for t in fig.data)  # the int8 configuration, at both batch sizes
 

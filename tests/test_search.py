@@ -9,8 +9,8 @@ import time
 import pytest
 
 from engine import api
-from engine.results import search as searcher
-from engine.results import sensitivity
+from engine.jobs import search as searcher
+from engine.jobs import sensitivity
 from tests.conftest import ROOT
 from tests.test_cli import one_line_exit_2, run_cli
 
@@ -104,7 +104,7 @@ def test_a_killed_search_resumes_without_losing_trials(tmp_path):
 
 
 def test_the_search_space_and_warm_start_come_from_sensitivity():
-    from engine.measure.run import base_model
+    from engine.models import base_model
 
     _, spec = base_model("digits-cnn")
     space = searcher.Space("digits-cnn", spec, ["conv1", "conv2", "fc"], ["conv1", "fc", "conv2", "classifier"],

@@ -10,7 +10,7 @@ import pytest
 from engine import api
 from engine.core.errors import UserError
 from engine.core.recipe import Prune, Recipe
-from engine.measure.worker import Worker
+from engine.jobs.worker import Worker
 from engine.results.store import Store
 
 

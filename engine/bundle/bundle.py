@@ -43,7 +43,8 @@ from engine.core.errors import RecipeError, UserError, VerificationError
 from engine.core.recipe import Recipe, parse_json
 from engine.core.result import Result, strict
 from engine.measure.fingerprint import fingerprint
-from engine.measure.run import base_model, reference
+from engine.measure.run import reference
+from engine.models import base_model
 from engine.models import get_spec
 
 BUNDLE_FORMAT = 2

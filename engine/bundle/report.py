@@ -22,7 +22,7 @@ def measured_in(runtime: str, primary: str) -> str:
 
 def report_html(recipe: Recipe, result: Result, card: dict, rows: list[dict]) -> str:
     """The point on its frontier, every metric with how it was obtained, the kernels, the warnings."""
-    from engine.figures import pareto_figure
+    from engine.results.figures import pareto_figure
     from engine.results.pareto import frontier, parse_objectives
     from engine.results.store import flatten
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from engine.core.recipe import Quantize, Recipe
-from engine.measure.run import base_model
+from engine.models import base_model
 from engine.compress.pipeline import apply
 from engine.compress.prune import prunable_layers
 

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from engine.core.errors import UserError
 from engine.measure import interference
 
 NOISY_IQR_RATIO = 0.10
@@ -52,6 +53,13 @@ PROFILES = {
     "thorough": Profile("thorough", warmup_calls=5, warmup_s=0.15, min_calls=100, min_s=0.5, block_s=0.1,
                         min_pairs=8, retry_s=4.0, limit_s=300.0),
 }
+
+
+def check_profile(profile: str) -> str:
+    """A profile name, refused by name if unknown."""
+    if profile not in PROFILES:
+        raise UserError(f"profile={str(profile)[:40]!r} is not allowed: choose one of {', '.join(PROFILES)}")
+    return profile
 
 
 class Block:

@@ -28,21 +28,12 @@ from engine.measure import memory as memory_mod
 from engine.measure.energy import CounterMeter, energy_of, watts_per_core
 from engine.measure.fingerprint import fingerprint
 from engine.measure.latency import PROFILES, Timing, thread_clock, time_paired
-from engine.models import ModelSpec, create_model, get_spec
+from engine.models import ModelSpec, base_model, get_spec
 
 log = logging.getLogger(__name__)
 _LOCK = threading.Lock()  # torch thread settings and the peak-RSS counter are process-wide
 ONNX_CACHE_SIZE = 8
 _ONNX_CACHE: dict[str, tuple[bytes, dict, float]] = {}
-
-
-@lru_cache(maxsize=4)
-def base_model(name: str) -> tuple[nn.Module, ModelSpec]:
-    """The uncompressed model, loaded once per process. Never mutate it: `apply` deep-copies."""
-    model, spec = create_model(name)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model, spec
 
 
 @lru_cache(maxsize=2)

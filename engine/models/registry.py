@@ -5,6 +5,7 @@ Models plug in with `@register_model` (the built-in ones register on import of `
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable
 
 from engine.core.errors import UnknownModelError
@@ -121,3 +122,12 @@ def create_model(name: str) -> tuple[nn.Module, ModelSpec]:
     """A fresh model in eval mode with its spec."""
     spec = get_spec(name)
     return spec.build().eval(), spec
+
+
+@lru_cache(maxsize=4)
+def base_model(name: str) -> tuple[nn.Module, ModelSpec]:
+    """The uncompressed model, loaded once per process. Never mutate it: `apply` deep-copies."""
+    model, spec = create_model(name)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, spec

@@ -7,7 +7,7 @@ measurement at a time, interactive requests served before the next configuration
 Results go straight into the SQLite store; replies carry the row.
 
 Transport: a localhost socket from `multiprocessing.connection` with a random key (so no other local user
-can drive it); the worker is started as `python -m engine.measure.worker` (not forked from the server, so
+can drive it); the worker is started as `python -m engine.jobs.worker` (not forked from the server, so
 it carries none of the server's threads) and exits when the connection closes. If it dies mid-measurement
 (a kernel crash), the client records that configuration as a failed row and starts a new worker.
 """
@@ -60,7 +60,7 @@ class JobStatus:
 class _Job:
     def __init__(self, msg: dict[str, Any]) -> None:
         from engine.results.store import Store
-        from engine.results.sweep import todo
+        from engine.jobs.sweep import todo
 
         self.id, self.db, self.profile = msg["job"], msg["db"], msg["profile"]
         self.recipes = [Recipe.from_dict(r) for r in msg["recipes"]]
@@ -73,7 +73,7 @@ class _Job:
         """Once, at the end: measure again what this job measured while the machine was busy (often the
         first configurations, measured while the page itself was loading)."""
         from engine.results.store import Store
-        from engine.results.sweep import todo
+        from engine.jobs.sweep import todo
 
         if self.second_pass or self.stop:
             return False
@@ -86,9 +86,10 @@ class _Job:
 
 def _serve(conn: Connection) -> None:
     """The worker's loop: read requests, serve interactive ones first, advance background jobs between them."""
-    from engine.measure.run import base_model, reference, run_recipe
+    from engine.measure.run import reference, run_recipe
+    from engine.models import base_model
     from engine.results.store import Store
-    from engine.results.sweep import measure_and_store
+    from engine.jobs.sweep import measure_and_store
 
     interactive: list[dict] = []
     jobs: dict[int, _Job] = {}
@@ -172,7 +173,7 @@ def _serve(conn: Connection) -> None:
 
 
 def _main() -> None:
-    """Entry point of `python -m engine.measure.worker HOST PORT` (key on stdin)."""
+    """Entry point of `python -m engine.jobs.worker HOST PORT` (key on stdin)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import warnings
@@ -237,7 +238,7 @@ class Worker:
             with Listener(("127.0.0.1", 0), authkey=key) as listener:
                 host, port = listener.address
                 env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-                self._proc = subprocess.Popen([sys.executable, "-m", "engine.measure.worker", host, str(port)],
+                self._proc = subprocess.Popen([sys.executable, "-m", "engine.jobs.worker", host, str(port)],
                                               cwd=str(ROOT), env=env, stdin=subprocess.PIPE)
                 self._proc.stdin.write(key.hex().encode() + b"\n")
                 self._proc.stdin.close()

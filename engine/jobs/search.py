@@ -21,7 +21,9 @@ from typing import Any, Callable
 from engine.core.errors import UserError
 from engine.core.recipe import Recipe
 from engine.results import pareto
-from engine.results.jobs import write_progress
+from engine.jobs.command import write_progress
+from engine.measure.latency import check_profile
+from engine.results.store import Store
 
 DEFAULT_OBJECTIVES = "latency:min,size:min"
 SENSITIVE_LAYERS = 4  # layers given an amount of their own in the search space (the most sensitive ones)
@@ -124,15 +126,16 @@ def run(model: str, db: str | Path, min_accuracy: str, objectives: str = DEFAULT
     import optuna
     from optuna.trial import TrialState
 
-    from engine import api
+    from engine.jobs import lookup
     from engine.core.hardware import detect
     from engine.measure.fingerprint import fingerprint
-    from engine.measure.run import base_model, reference
+    from engine.measure.run import reference
+    from engine.models import base_model
     from engine.compress.prune import prunable_layers
-    from engine.results import sensitivity
+    from engine.jobs import sensitivity
 
     objs = check(objectives, trials, budget_s)
-    api.check_profile(profile)
+    check_profile(profile)
     write_progress(progress_file, {"phase": "loading the model and measuring per-layer sensitivity", "trials_done": 0,
                                    "trials_target": trials, "budget_s": budget_s, "found": []})
     base, spec = base_model(model)
@@ -144,7 +147,8 @@ def run(model: str, db: str | Path, min_accuracy: str, objectives: str = DEFAULT
         raise UserError(f"--min-accuracy {min_accuracy} asks for {threshold:.4f}, above the uncompressed model's "
                         f"{baseline:.4f}: no compressed recipe is expected to reach it; give at most 1x")
     device = fingerprint()["id"]
-    api.open_store(db)
+    with Store(db):  # created (or upgraded) before the first trial
+        pass
     sens = sensitivity.load(db, model, "prune", device, method="magnitude")
     if sens is None:
         sens = sensitivity.measure(model, "prune", sensitivity.check_levels("prune", None), "magnitude")
@@ -186,7 +190,7 @@ def run(model: str, db: str | Path, min_accuracy: str, objectives: str = DEFAULT
         write_progress(progress_file, {**_summary(study, objs, threshold, baseline, trials, budget_s,
                                                   time.perf_counter() - start, name),
                                        "phase": f"trial {done + 1}: {recipe.label()}"})
-        measured = api.measure_or_load(recipe, db, profile)
+        measured = lookup.measure_or_load(recipe, db, profile)
         r = measured.result
         trial.set_user_attr("row_id", measured.row_id)
         trial.set_user_attr("label", recipe.label())

@@ -24,7 +24,7 @@ from engine.core.errors import UserError
 from engine.core.recipe import Recipe
 from engine.core.result import Result
 from engine.results.store import Store
-from engine.results.sweep import Step, SweepSummary, todo
+from engine.jobs.sweep import Step, SweepSummary, todo
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIMS = Path(__file__).resolve().parent / "shims"
@@ -126,7 +126,7 @@ class Measurer:
         return fingerprint(), os.uname().nodename
 
     def measure(self, recipe_json: str, profile: str) -> Result:
-        from engine.results.sweep import measure_one
+        from engine.jobs.sweep import measure_one
 
         return measure_one(Recipe.from_json(recipe_json), profile)
 
@@ -271,7 +271,7 @@ class ClusterJob:
         (self.dir / "job.json").write_text(json.dumps(job))
         self.log = self.dir / "log.txt"
         with open(self.log, "wb") as log:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen([sys.executable, "-m", "engine.results.cluster", str(self.dir / "job.json")],
+            self.proc = subprocess.Popen([sys.executable, "-m", "engine.jobs.cluster", str(self.dir / "job.json")],
                                          cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def stop(self) -> None:
@@ -306,7 +306,7 @@ class ClusterJob:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m engine.results.cluster JOB.json`: the dashboard's cluster sweep, in a process of its own so the
+    """`python -m engine.jobs.cluster JOB.json`: the dashboard's cluster sweep, in a process of its own so the
     page stays responsive and Stop can end it at any moment (every row so far is kept; running it again resumes)."""
     job = json.loads(Path(argv[0]).read_text())
     options = ClusterOptions(job.get("address"), job.get("resources") or {}, job.get("labels") or {})

@@ -88,7 +88,8 @@ def measure(model_name: str, technique: str, levels: tuple, method: str = "magni
     from engine.compress.prune import prunable_layers
     from engine.compress.quantize import layer_bits
     from engine.measure.fingerprint import fingerprint
-    from engine.measure.run import base_model, evaluate, reference
+    from engine.measure.run import evaluate, reference
+    from engine.models import base_model
 
     base, spec = base_model(model_name)
     _, base_score, _ = reference(model_name)
