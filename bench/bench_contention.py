@@ -55,8 +55,8 @@ def main() -> None:
         try:
             for i, (_, _, _, recipe) in enumerate(CASES):
                 r = results[(i, name)] = run_recipe(recipe.with_(threads=threads), profile=args.profile)
-                print(f"{name}: {recipe.model} {recipe.label()}: p50 {r.latency_ms['p50']:.3f} ms, speed-up "
-                      f"{r.speedup:.2f}, threads {r.threads}, contended {r.latency_ms['contended']}", flush=True)
+                print(f"{name}: {recipe.model} {recipe.label()}: p50 {r.latency.p50:.3f} ms, speed-up "
+                      f"{r.speedup:.2f}, threads {r.threads}, contended {r.latency.contended}", flush=True)
         finally:
             for p in procs:
                 p.kill()
@@ -71,7 +71,7 @@ def main() -> None:
     for i, (model, batch, name, recipe) in enumerate(CASES):
         for _, _, setting in settings:
             r = results[(i, setting)]
-            lat = r.latency_ms
+            lat = r.to_dict()["latency_ms"]
             pressure = "n/a" if lat["cpu_pressure"] is None else f"{lat['cpu_pressure']:.2f}"
             lines.append(f"| {model} | {batch} | {name} | {setting} | {lat['p50']:.3f} | {lat['calls']} | "
                          f"{lat['threads']}/{lat['threads_requested']} | {r.speedup:.2f}x | {r.speedup_spread:.0%} | "
@@ -81,7 +81,7 @@ def main() -> None:
         for _, _, setting in settings:
             r = results[(i, setting)]
             if setting.startswith("quiet"):
-                checks.append((f"{model} b{batch} {name}, {setting}: not flagged contended", not r.latency_ms["contended"]))
+                checks.append((f"{model} b{batch} {name}, {setting}: not flagged contended", not r.latency.contended))
                 continue
             # Like with like: the quiet run at the thread count this loaded run could use.
             ref = next(results[(i, s)] for _, t, s in settings if s.startswith("quiet") and t == r.threads)
@@ -93,13 +93,13 @@ def main() -> None:
                     info.append(f"{model} b{batch} {name}, {setting}: speed-up {r.speedup:.2f} at {r.threads} thread(s) "
                                 f"vs {quiet.speedup:.2f} quiet at {quiet.threads} ({r.speedup / quiet.speedup - 1:+.0%}): "
                                 "the thread count changes the true ratio, so this row is flagged contended")
-            if not r.latency_ms["contended"]:
-                dev = r.latency_ms["p50"] / ref.latency_ms["p50"] - 1
-                checks.append((f"{model} b{batch} {name}, {setting}, not flagged: p50 {r.latency_ms['p50']:.3f} vs "
-                               f"quiet {ref.latency_ms['p50']:.3f} ms ({dev:+.0%}; target within 25 %)", abs(dev) <= 0.25))
+            if not r.latency.contended:
+                dev = r.latency.p50 / ref.latency.p50 - 1
+                checks.append((f"{model} b{batch} {name}, {setting}, not flagged: p50 {r.latency.p50:.3f} vs "
+                               f"quiet {ref.latency.p50:.3f} ms ({dev:+.0%}; target within 25 %)", abs(dev) <= 0.25))
         again = results[(i, "quiet again")]
-        info.append(f"{model} b{batch} {name}: two quiet runs read {quiet.latency_ms['p50']:.3f} and "
-                    f"{again.latency_ms['p50']:.3f} ms, speed-up {quiet.speedup:.2f} and {again.speedup:.2f} (the floor)")
+        info.append(f"{model} b{batch} {name}: two quiet runs read {quiet.latency.p50:.3f} and "
+                    f"{again.latency.p50:.3f} ms, speed-up {quiet.speedup:.2f} and {again.speedup:.2f} (the floor)")
     lines += ["", "## Targets", ""] + [f"- {'met' if ok else 'MISSED'}: {text}" for text, ok in checks]
     lines += ["", f"{sum(ok for _, ok in checks)} of {len(checks)} checks met.", "", "## Also seen", ""]
     lines += [f"- {text}" for text in info]

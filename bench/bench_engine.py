@@ -89,8 +89,8 @@ def side_by_side(lines: list[str]) -> None:
             base = base or r
             kern = "; ".join(k.kernel + (" (simulated)" if k.simulated else "") for k in r.kernels
                              if k.step != "precision" or "fp32" not in k.kernel)
-            lines.append(f"| {name} | {r.accuracy:.4f} | {r.latency_ms['p50']:.3f} | {r.speedup:.2f}x "
-                         f"({r.speedup_spread:.0%}) | {r.latency_ms['iqr_ratio']:.0%} | "
+            lines.append(f"| {name} | {r.accuracy:.4f} | {r.latency.p50:.3f} | {r.speedup:.2f}x "
+                         f"({r.speedup_spread:.0%}) | {r.latency.iqr_ratio:.0%} | "
                          f"{'yes' if r.contended else 'no'} | {r.size_bytes / 1024:.0f} KiB | "
                          f"{base.size_bytes / r.size_bytes:.2f}x | {r.energy_j * 1e3:.3g} ({r.energy_source}) | {kern} |")
         lines.append("")

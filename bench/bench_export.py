@@ -45,7 +45,7 @@ def main() -> None:
                 feed = onnx_feed(session, spec.example_inputs(batch))
                 threads = default_threads()
                 ort = time_paired(lambda: session.run(None, feed), None, PROFILES["thorough"], threads, threads)
-            eng = result.latency_ms["p50"]
+            eng = result.latency.p50
             lines.append(f"| {model} | {batch} | {name} | {eng:.3f} | {ort.latency['p50']:.3f} | "
                          f"{ort.latency['p50'] / eng:.2f} | {result.accuracy:.4f} / {summary['onnx_accuracy']:.4f} |")
             print(lines[-1], flush=True)

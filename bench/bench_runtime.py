@@ -51,7 +51,7 @@ def main() -> None:
                                      "| | | | | | | | |")
                         continue
                     kernels = "; ".join(k.kernel for k in r.kernels if k.step in ("quantize", "onnxruntime", "compile", "precision"))
-                    lines.append(f"| {model} | {batch} | {name} | {runtime} | {r.latency_ms['p50']:.3f} | "
+                    lines.append(f"| {model} | {batch} | {name} | {runtime} | {r.latency.p50:.3f} | "
                                  f"{r.speedup:.2f}x | {r.speedup_spread:.0%} | {r.accuracy:.4f} | "
                                  f"{r.size_bytes / 1024:.0f} | {'yes' if r.simulated else 'no'} | "
                                  f"{'yes' if r.contended else 'no'} | {kernels} | "
@@ -86,7 +86,7 @@ def _checks(results: dict) -> list[tuple[str, bool]]:
                            f"{ratio:.2f}x the speed of fp32 in the same runtime (target: real, >= 1.0x)",
                            not i8.simulated and ratio >= 1.0))
     keys = {tuple(sorted(r.to_dict())) for r in ok.values()}
-    lat = {tuple(sorted(r.latency_ms)) for r in ok.values()}
+    lat = {tuple(sorted(r.to_dict()["latency_ms"])) for r in ok.values()}
     checks.append(("every runtime's rows carry the same metric keys", len(keys) == 1 and len(lat) == 1))
     return checks
 

@@ -7,7 +7,7 @@ import streamlit as st
 from dashboard import state
 from engine import api
 from engine.models.upload import MAX_UPLOAD_BYTES
-from engine.models.user import EVAL_HELP, TASKS
+from engine.core.axes import TASKS
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
@@ -18,8 +18,8 @@ def server_is_local() -> bool:
 
 def form() -> None:
     with st.expander("Add a model"):
-        task = st.selectbox("Task", TASKS, key="add_task", help="What the model does; decides how it is scored.")
-        st.caption(f"Evaluation data: {EVAL_HELP[task]}.")
+        task = st.selectbox("Task", TASKS.names(), key="add_task", help="What the model does; decides how it is scored.")
+        st.caption(f"Evaluation data: {TASKS.get(task).eval_help}.")
         local, upload = st.tabs(["On this machine", "Upload"])
         with local:
             if not server_is_local():
@@ -41,7 +41,7 @@ def form() -> None:
                                          max_upload_size=MAX_UPLOAD_BYTES // 2 ** 20,
                                          help="config.json, *.safetensors and the tokenizer or image processor "
                                               "files; Python files are refused.")
-            kinds = ["zip"] if task == "image-classification" else ["csv", "jsonl"]
+            kinds = list(TASKS.get(task).upload_kinds)
             eval_file = st.file_uploader("Evaluation data" + (" (zipped class folders)" if kinds == ["zip"] else ""),
                                          type=kinds, key="add_eval_file")
             if st.button("Add upload", key="add_upload", disabled=not (model_zip and eval_file)):

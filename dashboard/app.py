@@ -1,13 +1,9 @@
-"""Compression trade-off dashboard: `streamlit run dashboard/app.py`."""
+"""Compression trade-off dashboard: `compression-dash dashboard` (or `streamlit run dashboard/app.py` where the
+package is installed, `pip install -e .` in a checkout)."""
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the defaults download nothing
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -18,7 +14,7 @@ if shared().pid is None:  # first thing: torch loads in the measuring process wh
 
 import streamlit as st  # noqa: E402
 
-from dashboard import add_model, state, ui  # noqa: E402
+from dashboard import add_model, pages, state, ui  # noqa: E402
 from engine import api  # noqa: E402
 from engine.models.user import display_name  # noqa: E402
 
@@ -33,15 +29,7 @@ if st.session_state.get("_preloaded") != st.session_state["model"]:  # loaded wh
     api.worker().start(preload=st.session_state["model"])
     st.session_state["_preloaded"] = st.session_state["model"]
 
-PAGES = {
-    "explore": st.Page("app_pages/explore.py", title="Explore", default=True),
-    "frontier": st.Page("app_pages/frontier.py", title="Frontier"),
-    "sweep": st.Page("app_pages/sweep.py", title="Sweep"),
-    "search": st.Page("app_pages/search.py", title="Search"),
-    "learn": st.Page("app_pages/learn.py", title="Learn"),
-    "export": st.Page("app_pages/export.py", title="Export"),
-    "workshop": st.Page("app_pages/workshop.py", title="Workshop"),
-}
+PAGES = {p.key: st.Page(p.path, title=p.title, default=p.default) for p in pages.PAGES}
 st.session_state["_pages"] = PAGES
 
 with st.sidebar:

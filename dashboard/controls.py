@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import state
-from engine.core.recipe import RUNTIMES
+from engine.core.recipe import GRANULARITIES, PRECISIONS
 
 
 def sidebar() -> None:
@@ -15,7 +15,7 @@ def sidebar() -> None:
         st.subheader("Compression")
         st.slider("Pruning level", 0.0, 0.95, step=0.05, key="prune_amount",
                   help="Fraction of weights (magnitude) or channels/heads (structured) removed.")
-        st.radio("Pruning method", ["structured", "magnitude"], key="prune_method", horizontal=True,
+        st.radio("Pruning method", state.PRUNE_METHOD_OPTIONS, key="prune_method", horizontal=True,
                  help="structured removes whole channels/heads (tensors shrink, kernels get faster); magnitude zeroes "
                       "single weights (smaller when stored sparse, but the dense kernel runs as before).")
         can_finetune = state.model_info(s["model"]).can_finetune
@@ -25,8 +25,8 @@ def sidebar() -> None:
                        + ("" if can_finetune else "This model ships no training data."))
         st.select_slider("Quantization bits", options=state.BIT_OPTIONS, key="bits",
                          help="Weights on a grid of at most 2^bits levels per channel. none = float weights.")
-        st.radio("Numeric precision", ["fp32", "fp16", "bf16"], key="precision", horizontal=True)
-        st.radio("Runtime", list(RUNTIMES), key="runtime", horizontal=True,
+        st.radio("Numeric precision", list(PRECISIONS), key="precision", horizontal=True)
+        st.radio("Runtime", state.RUNTIME_OPTIONS, key="runtime", horizontal=True,
                  help="eager: PyTorch as the engine runs it. compile: the same model through torch.compile "
                       "(compiling takes seconds to a minute, timed apart from the latency). onnxruntime: the "
                       "compressed model exported to ONNX (int8 quantized by ONNX Runtime's own quantizer) and measured "
@@ -37,7 +37,7 @@ def sidebar() -> None:
                          help="auto: int8 activations (real int8 kernel) at fp32 on CPU, weight-only otherwise. "
                               "codebook: Deep Compression's weight sharing, 2^bits k-means centroids per layer, "
                               "stored as entropy-coded indices (one codebook per layer, whatever the granularity).")
-            st.selectbox("Granularity", ["per-channel", "per-group", "per-layer"], key="granularity",
+            st.selectbox("Granularity", list(GRANULARITIES), key="granularity",
                          help="per-layer goes with the codebook scheme.")
             st.number_input("Batch size", 1, 512, key="batch_size")
         note = state.extra_note()

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from engine.core.hardware import Hardware
+from engine.core.measurement import Latency, pct
 from engine.core.result import Result
 from engine.core.units import fmt_bytes, fmt_ms, fmt_speedup
 
@@ -41,27 +42,22 @@ class Exercise:
     needs_finetune: bool = False
 
 
-def _name(r: Result) -> str:
-    return "fidelity" if r.metric_kind == "fidelity" else "accuracy"
-
-
 def _line(label: str, r: Result) -> str:
     """One preset's measured numbers in a sentence."""
     if r.error:
         return f"**{label}** failed to run here ({r.error[:120]})"
-    lat = r.latency_ms or {}
-    return (f"**{label}**: {_name(r)} {r.accuracy:.3f}, {fmt_ms(lat.get('p50'))} per call "
+    return (f"**{label}**: {r.metric_name} {r.accuracy:.3f}, {fmt_ms(r.latency and r.latency.p50)} per call "
             f"({fmt_speedup(r.speedup)} than the uncompressed model), stored {fmt_bytes(r.size_bytes)} "
             f"({(r.baseline_size_bytes or 0) / max(r.size_bytes or 1, 1):.1f}× smaller)")
 
 
 def _measuring(f: Facts) -> str:
     base, int8 = f.results["Baseline"], f.results["int8"]
-    lat = base.latency_ms or {}
-    return (f"On this machine the uncompressed model's calls spread by **{lat.get('iqr_ratio', 0):.0%}** "
-            f"(IQR/median of {lat.get('calls')} calls) while other work used {lat.get('foreign_cpu', 0):.2f} cores. "
+    lat = base.latency or Latency()
+    return (f"On this machine the uncompressed model's calls spread by **{pct(lat.iqr_ratio)}** "
+            f"(IQR/median of {lat.calls} calls) while other work used {lat.foreign_cpu or 0:.2f} cores. "
             f"The int8 point's speed-up is **{fmt_speedup(int8.speedup)}**, and it varied by only "
-            f"**{(int8.speedup_spread or 0):.0%}** between block pairs: the two models were timed turn and turn "
+            f"**{pct(int8.speedup_spread)}** between block pairs: the two models were timed turn and turn "
             "about, so whatever slowed one slowed the other. Single timings drift; paired ratios hold.")
 
 
@@ -70,15 +66,15 @@ def _pruning(f: Facts) -> str:
     return (f"{_line('Magnitude 50%', mag)}. {_line('Structured 50%', st)}. Half the weights set to zero still go "
             "through the same dense multiply, so magnitude pruning shrinks the stored file (sparse format) but not "
             "the time; structured pruning removes whole channels, so every matrix really is smaller, and faster, "
-            f"at a cost in {_name(st)}.")
+            f"at a cost in {st.metric_name}.")
 
 
 def _finetune(f: Facts) -> str:
     before, after = f.results["Structured 50%"], f.results["Structured 50% + 2 epochs"]
     return (f"{_line('Structured 50%', before)}. {_line('… + 2 epochs of fine-tuning', after)}. The fine-tuned "
             f"model keeps the same smaller shape (same speed, same size) and wins back "
-            f"**{(after.accuracy - before.accuracy) * 100:+.1f} points** of {_name(after)}: the remaining channels "
-            "learn to do the removed ones' work.")
+            f"**{(after.accuracy - before.accuracy) * 100:+.1f} points** of {after.metric_name}: the remaining "
+            "channels learn to do the removed ones' work.")
 
 
 def _bits(f: Facts) -> str:

@@ -7,14 +7,20 @@ from pathlib import Path
 import streamlit as st
 
 from engine import api
+from engine.core.axes import PRUNE_METHODS, RUNTIMES, SCHEMES
 from engine.core.errors import UserError
+from engine.core.install import source_checkout
 from engine.core.recipe import Recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 DB_ENV = "COMPRESSION_DASH_DB"
 DEFAULT_MODEL = "digits-cnn"
 BIT_OPTIONS = ["none", 8, 7, 6, 5, 4, 3, 2]
-SCHEME_OPTIONS = ["auto", "dynamic", "weight-only", "codebook"]
+# The pickers read the registries, so a registered technique or runtime appears without a dashboard change.
+# auto: the fastest real path for the precision and device (recipe.default_scheme).
+SCHEME_OPTIONS = ["auto", *SCHEMES.names()]
+PRUNE_METHOD_OPTIONS = [name for name, method in PRUNE_METHODS.items() if method.prunes]  # amount 0: none
+RUNTIME_OPTIONS = list(RUNTIMES.names())
 DEFAULTS = {
     "model": DEFAULT_MODEL, "prune_amount": 0.0, "prune_method": "structured", "finetune_epochs": 0, "bits": "none",
     "scheme": "auto", "granularity": "per-channel", "precision": "fp32", "batch_size": 1, "device": "cpu",
@@ -32,8 +38,9 @@ def model_info(name: str):
 
 
 def db_path() -> str:
-    """The results store: $COMPRESSION_DASH_DB, else results.db beside the code."""
-    return os.environ.get(DB_ENV) or str(ROOT / "results.db")
+    """The results store: $COMPRESSION_DASH_DB, else results.db beside the code in a checkout, else (an installed
+    package, whose code folder is no place for data) results.db in the folder the dashboard was started in."""
+    return os.environ.get(DB_ENV) or str((source_checkout() or Path.cwd()) / "results.db")
 
 
 def init() -> None:

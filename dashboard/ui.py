@@ -12,9 +12,9 @@ from dashboard import charts, state
 from engine import api
 from engine.core.errors import UserError
 from engine.core.recipe import Recipe
+from engine.core.measurement import Latency
 from engine.core.result import Result
 from engine.core.units import fmt_bytes, fmt_energy, fmt_ms, fmt_speedup
-from engine.runtimes import PREPARE
 from engine.results.pareto import OBJECTIVES
 
 
@@ -75,11 +75,11 @@ def guard(what: str) -> Iterator[None]:
 
 
 def energy_kind(r: Result) -> str:
-    return "estimated" if (r.energy_source or "").startswith("estimated") else "measured"
+    return r.energy_source.kind if r.energy_source is not None else "n/a"
 
 
 def metric_name(r: Result) -> str:
-    return "Fidelity" if r.metric_kind == "fidelity" else "Accuracy"
+    return r.metric_name.capitalize()
 
 
 def _pct(new: float | None, old: float | None) -> str | None:
@@ -96,18 +96,14 @@ def metric_cards(r: Result, base: Result | None) -> None:
     c[0].metric(metric_name(r), f"{r.accuracy:.3f}", acc_delta,
                 help=f"{r.metric}. Baseline {r.baseline_accuracy:.4f}. "
                 + " · ".join(f"{k}: {v:.3f}" for k, v in r.extra_metrics.items()))
-    lat = r.latency_ms or {}
+    lat = r.latency or Latency()
     speed = None if b is None or r.speedup is None else fmt_speedup(r.speedup)
-    c[1].metric("Latency p50", fmt_ms(lat.get("p50")), speed,
+    c[1].metric("Latency p50", fmt_ms(lat.p50), speed,
                 delta_color="normal" if (r.speedup or 1) >= 1 else "inverse",
-                help=f"Median time of one call with a batch of {lat.get('batch_size')} "
-                     f"({lat.get('calls')} calls timed, {lat.get('threads')} of {lat.get('threads_requested')} "
-                     f"threads). The change below it is the speed-up against the uncompressed model, timed turn and "
-                     f"turn about with it, so it holds even when other work slows both. Details: p90 "
-                     f"{fmt_ms(lat.get('p90'))}, p99 {fmt_ms(lat.get('p99'))}"
-                     f"{'' if lat.get('p99_reliable') else ' (from < 100 calls)'}; spread of calls (IQR/median) "
-                     f"{lat.get('iqr_ratio', 0):.0%}, of the speed-up {(r.speedup_spread or 0):.0%}; other work used "
-                     f"{lat.get('foreign_cpu', 0):.2f} cores meanwhile.")
+                help=f"Median time of one call ({lat.calls_text()}). The change below it is the speed-up against "
+                     "the uncompressed model, timed turn and turn about with it, so it holds even when other work "
+                     f"slows both: {lat.speedup_text()}. Details: {lat.percentiles_text()}; "
+                     f"{lat.machine_text()}.")
     c[2].metric("Stored size", fmt_bytes(r.size_bytes), _pct(r.size_bytes, r.baseline_size_bytes),
                 delta_color="inverse",
                 help=("Bytes of model.onnx, the file ONNX Runtime loads (measured in that runtime). "
@@ -118,11 +114,10 @@ def metric_cards(r: Result, base: Result | None) -> None:
     c[3].metric("Peak memory", fmt_bytes(r.peak_memory_bytes),
                 _pct(r.peak_memory_bytes, b.peak_memory_bytes if b else None), delta_color="inverse",
                 help="The model's weights in memory plus the extra memory one inference needs at its peak. "
-                     f"How: {r.memory_source}.")
-    src = r.energy_source or "n/a"
+                     f"How: {r.memory_source.to_text() if r.memory_source else 'n/a'}.")
     c[4].metric(f"Energy ({energy_kind(r)})", fmt_energy(r.energy_j),
                 _pct(r.energy_j, b.energy_j if b else None), delta_color="inverse",
-                help=f"per inference · {src} · {r.energy_note}")
+                help=f"per inference · {r.energy_source.to_text() if r.energy_source else 'n/a'}")
 
 
 RUNTIME_STEP = {"onnxruntime": "exporting it to ONNX (a few seconds, once), then ",
@@ -151,7 +146,7 @@ def measure_with_steps(recipe: Recipe, db: str, worker, fresh: bool = False) -> 
         base = api.baseline_of(recipe, db, via=worker)
         if base.result.error is None:
             st.write(f"uncompressed: {base.result.accuracy:.3f} {metric_name(base.result).lower()}, "
-                     f"{fmt_ms((base.result.latency_ms or {}).get('p50'))} per call")
+                     f"{fmt_ms(base.result.latency and base.result.latency.p50)} per call")
         if recipe == recipe.baseline() and not fresh:
             cur = base
         else:
@@ -194,12 +189,12 @@ def compare_rows(a: Result, b: Result) -> list[dict[str, str]]:
         return "n/a" if not x or not y else f"{y / x:.2f}×"
 
     name = metric_name(b)
-    la, lb = a.latency_ms or {}, b.latency_ms or {}
     speed = "n/a" if not a.speedup or not b.speedup else fmt_speedup(b.speedup / a.speedup)
     return [
         {"metric": name, "A": f"{a.accuracy:.4f}", "B": f"{b.accuracy:.4f}",
          "B vs A": f"{(b.accuracy - a.accuracy) * 100:+.1f} pts"},
-        {"metric": "Latency p50", "A": fmt_ms(la.get("p50")), "B": fmt_ms(lb.get("p50")), "B vs A": speed},
+        {"metric": "Latency p50", "A": fmt_ms(a.latency and a.latency.p50), "B": fmt_ms(b.latency and b.latency.p50),
+         "B vs A": speed},
         {"metric": "Stored size", "A": fmt_bytes(a.size_bytes), "B": fmt_bytes(b.size_bytes),
          "B vs A": ratio(a.size_bytes, b.size_bytes)},
         {"metric": "Peak memory", "A": fmt_bytes(a.peak_memory_bytes), "B": fmt_bytes(b.peak_memory_bytes),
@@ -218,12 +213,11 @@ def provenance(r: Result) -> None:
     with st.expander("How this ran (kernels, device, timing)"):
         st.table([{"step": k.step, "kernel": k.kernel + (" (simulated)" if k.simulated else ""),
                    "detail": ", ".join(f"{a}={b}" for a, b in k.detail.items())} for k in r.kernels])
-        d = r.device
-        st.caption(f"{d.get('cpu')} · {d.get('logical_cores')} cores · flags {', '.join(d.get('cpu_flags', []))} · "
-                   f"GPU {d.get('gpu') or 'none'} · torch {d.get('torch')} · profile {r.profile} · "
-                   f"measured in {r.wall_s or 0:.2f} s"
-                   + (f" · {PREPARE.get(r.recipe.get('runtime'), 'preparing the runtime')} {r.prepare_s:.1f} s "
-                      "(not in the latency)" if r.prepare_s is not None else ""))
+        st.caption(f"{r.machine.to_text()} · profile {r.profile} · measured in {r.wall_s or 0:.2f} s"
+                   + (f" · {r.prepare_text} {r.prepare_s:.1f} s (not in the latency)" if r.prepare_s is not None
+                      else ""))
+        if r.latency is not None:
+            st.caption(f"Timing: {r.latency.method}")
 
 
 def start_background(name: str, recipes, db: str, profile: str = "quick", remeasure: bool = False) -> int | None:

@@ -1,8 +1,10 @@
 """The front door: every verb the command line and the dashboard call, with every input checked here, once.
 
-Front ends parse and print; they hold no compression, measurement or store logic. Bad input raises
-UserError (the CLI prints one line and exits 2); a bundle that fails verification raises or reports a
-VerificationError (exit 1); a configuration that fails while running is a Result with `error` (a row).
+Front ends parse and print; they hold no compression, measurement or store logic. Verbs return value types
+(engine.core.summaries, the Result) that render themselves: `to_dict()` for JSON, `to_text()` for people. Long
+tasks (search, sensitivity) start from a job file (engine.jobs.command), never from command-line flags. Bad
+input raises UserError (the CLI prints one line and exits 2); a bundle that fails verification raises or reports
+a VerificationError (exit 1); a configuration that fails while running is a Result with `error` (a row).
 Stores are opened per call: SQLite connections are cheap and must not cross threads.
 """
 from __future__ import annotations
@@ -11,23 +13,33 @@ import io
 import tempfile
 import time
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from engine import __version__
 from engine.core.errors import NO_CUDA, UserError
 from engine.core.recipe import Recipe
 from engine.core.result import Result
-from engine.measure.fingerprint import fingerprint
-from engine.measure import latency
-from engine.jobs.worker import Worker, shared
-from engine.results import pareto
-from engine.jobs.cluster import ClusterJob, ClusterOptions
-from engine.results.store import PROFILE_RANK, Store
+from engine.core.summaries import (
+    BundleCheck,
+    BundleSummary,
+    Frontier,
+    Frontiers,
+    ImportSummary,
+    ModelList,
+    ResultsTable,
+    SearchSummary,
+    Sensitivity,
+)
 from engine.jobs import lookup
+from engine.jobs.cluster import ClusterJob, ClusterOptions
+from engine.jobs.command import Job
 from engine.jobs.lookup import Measured
 from engine.jobs.sweep import Step, SweepSummary, expand_grid, run_sweep, todo
+from engine.jobs.worker import Worker, shared
+from engine.measure import latency
+from engine.measure.fingerprint import fingerprint
+from engine.results import pareto
+from engine.results.store import Store
 
 # The small grid that seeds an empty store so the first screen already shows a frontier.
 SEED_GRID = dict(prune=[0.0, 0.5], methods=["magnitude", "structured"], bits=[None, 8, 4], precisions=["fp32", "bf16"])
@@ -142,26 +154,25 @@ def _check_runnable(model: str, device: str, via: Worker | None) -> None:
     check_device(device)
 
 
-def models() -> list[dict[str, Any]]:
+def models() -> ModelList:
     """Every registered model with its facts; one that cannot load here says why instead of failing the list."""
-    from engine.models import base_model
-    from engine.models import model_names
+    from engine.models import base_model, get_spec, model_names
 
     out = []
     for name in model_names():
         try:
-            model, spec = base_model(name)
+            spec = get_spec(name)  # counted from the weights where the spec can (no torch), else built
+            parameters = (spec.parameters() if spec.parameters is not None
+                          else sum(p.numel() for p in base_model(name)[0].parameters()))
         except Exception as exc:  # noqa: BLE001  (one model that cannot load here must not hide the others)
             out.append({"name": name, "available": False, "error": str(exc) if isinstance(exc, UserError)
                         else f"{type(exc).__name__}: {str(exc)[:200]}"})
             continue
         out.append({"name": name, "available": True, "task": spec.task, "description": spec.description,
-                    "parameters": sum(p.numel() for p in model.parameters()), "metric": spec.metric,
+                    "parameters": parameters, "metric": spec.metric,
                     "metric_kind": spec.metric_kind, "source": spec.source,
                     "can_finetune": spec.finetune is not None})
-    return out
-
-
+    return ModelList(out)
 # --- measuring ------------------------------------------------------------------------------------------
 def measure(recipe: Recipe, profile: str = "quick") -> Result:
     """Measure in this process, without storing."""
@@ -191,10 +202,9 @@ def baseline_of(recipe: Recipe, db: str | Path, via: Worker | None = None) -> Me
     r = base.result
     if not base.from_store or r.error is not None:
         return base
-    lat = r.latency_ms or {}
-    if lat.get("contended") and time.time() - (r.measured_at or 0) > BASELINE_RETRY_S:
+    if r.contended and time.time() - (r.measured_at or 0) > BASELINE_RETRY_S:
         return measure_or_load(recipe.baseline(), db, via=via, fresh=True)
-    if lat.get("noisy") and r.profile == "quick":
+    if r.latency is not None and r.latency.noisy and r.profile == "quick":
         return measure_or_load(recipe.baseline(), db, "thorough", via=via)
     return base
 
@@ -241,10 +251,10 @@ def sweep(recipes: list[Recipe], db: str | Path, profile: str = "thorough",
     """Measure in this process every recipe the store still needs (resumable, one row at a time)."""
     check_profile(profile)
     with Store(db) as store:
-        return run_sweep(recipes, store, profile=profile, on_progress=on_progress,
-                         should_stop=should_stop, retry_failed=retry_failed, remeasure_contended=remeasure_contended)
-
-
+        summary = run_sweep(recipes, store, profile=profile, on_progress=on_progress, should_stop=should_stop,
+                            retry_failed=retry_failed, remeasure_contended=remeasure_contended)
+    summary.db = str(db)
+    return summary
 def cluster_sweep(recipes: list[Recipe], db: str | Path, cluster: ClusterOptions, profile: str = "thorough",
                   on_progress: Callable[[Step], None] | None = None, should_stop: Callable[[], bool] = lambda: False,
                   retry_failed: bool = False, remeasure_contended: bool = False) -> SweepSummary:
@@ -253,10 +263,10 @@ def cluster_sweep(recipes: list[Recipe], db: str | Path, cluster: ClusterOptions
 
     check_profile(profile)
     with Store(db) as store:
-        return ray_cluster.run(recipes, store, cluster, profile, on_progress, should_stop, retry_failed,
-                               remeasure_contended)
-
-
+        summary = ray_cluster.run(recipes, store, cluster, profile, on_progress, should_stop, retry_failed,
+                                  remeasure_contended)
+    summary.db = str(db)
+    return summary
 def start_cluster_sweep(recipes: list[Recipe], db: str | Path, cluster: ClusterOptions, profile: str = "quick"
                         ) -> ClusterJob:
     """A cluster sweep in a process of its own (the front end stays free); watch it with `.progress()`."""
@@ -302,15 +312,15 @@ def model_rows(model: str, db: str | Path, objectives: str | list[str], min_accu
 
 def frontier(model: str, db: str | Path, objectives: str | list[str] = ",".join(pareto.DEFAULT_OBJECTIVES),
              min_accuracy: str | None = None, all_devices: bool = False, include_untrusted: bool = False,
-             batch_size: int | None = None, device: str | None = None) -> dict[str, Any]:
+             batch_size: int | None = None, device: str | None = None) -> Frontier | Frontiers:
     """The non-dominated configurations of a model at one batch size, best accuracy first (the CLI's `frontier`),
     on one machine (`device`: an id or its first characters; default this one), or, with `all_devices`, one
     frontier per machine: latencies of different machines never compete."""
     _must_exist(db)
     known = machines(model, db)  # read once: every frontier below is one of these machines
     if all_devices:
-        return {"model": model, "devices": [_machine_frontier(model, db, m, objectives, min_accuracy,
-                                                              include_untrusted, batch_size) for m in known]}
+        return Frontiers(model, [_machine_frontier(model, db, m, objectives, min_accuracy, include_untrusted,
+                                                   batch_size) for m in known])
     if device is None:
         device = fingerprint()["id"]
     matches = [m for m in known if m["device_id"].startswith(device)] if device else []
@@ -320,36 +330,29 @@ def frontier(model: str, db: str | Path, objectives: str | list[str] = ",".join(
                         f"first (machines with rows: {listed})" if not matches else
                         f"machine {device!r} is ambiguous: give more of its id ({listed})")
     return _machine_frontier(model, db, matches[0], objectives, min_accuracy, include_untrusted, batch_size)
-
-
 def _machine_frontier(model: str, db: str | Path, machine: dict[str, Any], objectives: str | list[str],
-                      min_accuracy: str | None, include_untrusted: bool, batch_size: int | None) -> dict[str, Any]:
+                      min_accuracy: str | None, include_untrusted: bool, batch_size: int | None) -> Frontier:
     out = model_rows(model, db, objectives, min_accuracy, False, include_untrusted, batch_size, machine["device_id"])
     rows = out["rows"]
     if not rows:
         raise UserError(f"no results for model {str(model)[:80]!r} at batch size {batch_size} on {machine['name']} "
                         f"in {db}: choose one of {', '.join(map(str, out['batch_sizes']))}")
     front = sorted((r for r in rows if r["on_frontier"]), key=lambda r: -(r["accuracy"] or 0))
-    return {"model": model, "machine": machine, "objectives": out["objectives"], "min_accuracy": out["min_accuracy"],
-            "hypervolume": out["hypervolume"],
-            "hypervolume_reference": "costs / uncompressed cost; accuracy 0 and 1.1 x the largest normalised cost",
-            "frontier": [_public(r) for r in front], "considered": sum(r["eligible"] for r in rows),
-            "untrusted": sum(r["shown"] and not r["trusted"] for r in rows), "include_untrusted": include_untrusted,
-            "batch_size": out["batch_size"], "batch_sizes": out["batch_sizes"],
-            "damaged_rows": out["damaged"],
-            "failed": [{"id": r["id"], "label": r["label"], "error": r["error"]} for r in rows if r["error"]]}
-
-
-def results(db: str | Path, model: str | None = None, device: str | None = None) -> dict[str, Any]:
+    return Frontier(model=model, machine=machine, objectives=out["objectives"], min_accuracy=out["min_accuracy"],
+                    hypervolume=out["hypervolume"],
+                    hypervolume_reference="costs / uncompressed cost; accuracy 0 and 1.1 x the largest normalised cost",
+                    frontier=[_public(r) for r in front], considered=sum(r["eligible"] for r in rows),
+                    untrusted=sum(r["shown"] and not r["trusted"] for r in rows), include_untrusted=include_untrusted,
+                    batch_size=out["batch_size"], batch_sizes=out["batch_sizes"], damaged_rows=out["damaged"],
+                    failed=[{"id": r["id"], "label": r["label"], "error": r["error"]} for r in rows if r["error"]])
+def results(db: str | Path, model: str | None = None, device: str | None = None) -> ResultsTable:
     """Every stored row (of `model`; of the machines whose id starts with `device`), grouped by machine."""
     _must_exist(db)
     with Store(db, write=False) as store:
         rows, damaged = store.rows(model=model)
     rows = sorted((r for r in rows if not device or r["device_id"].startswith(device)),
                   key=lambda r: (r["device_id"], r["id"]))
-    return {"rows": [_public(r) for r in rows], "damaged_rows": damaged}
-
-
+    return ResultsTable([_public(r) for r in rows], damaged)
 def machines(model: str, db: str | Path) -> list[dict[str, Any]]:
     """The machines the store holds rows of for `model` (this one first): id, name, row count."""
     here = fingerprint()["id"]
@@ -358,8 +361,8 @@ def machines(model: str, db: str | Path) -> list[dict[str, Any]]:
         ids: dict[str, list[int]] = {}
         for r in rows:
             ids.setdefault(r["device_id"], []).append(int(r["id"]))
-        out = [{"device_id": dev, "name": store.machine_name(row_ids), "rows": len(row_ids), "this_machine": dev == here}
-               for dev, row_ids in ids.items()]
+        out = [{"device_id": dev, "name": store.machine_name(row_ids), "rows": len(row_ids),
+                "this_machine": dev == here} for dev, row_ids in ids.items()]
     names = [m["name"] for m in out]
     for m in out:
         if names.count(m["name"]) > 1:  # same processor, other software: told apart by fingerprint
@@ -375,13 +378,11 @@ def export_results(db: str | Path, model: str | None = None) -> bytes:
     return export(db, model)
 
 
-def import_results(db: str | Path, data: bytes) -> dict[str, Any]:
+def import_results(db: str | Path, data: bytes) -> ImportSummary:
     """Merge a results file into the store: each row keeps its machine; no duplicates."""
     from engine.results.exchange import import_results as merge
 
-    return merge(db, data)
-
-
+    return ImportSummary.from_dict(merge(db, data))
 def open_store(db: str | Path) -> list[str]:
     """Create (or upgrade) the store if needed and check it is usable; the models it holds rows of."""
     with Store(db) as store:
@@ -406,83 +407,52 @@ def _must_exist(db: str | Path) -> None:
 def sensitivity(model: str, db: str | Path, technique: str = "prune", levels: list | None = None,
                 method: str = "magnitude", fresh: bool = False,
                 on_progress: Callable[[int, int, str], None] | None = None,
-                progress_file: str | Path | None = None) -> dict[str, Any]:
+                progress_file: str | Path | None = None) -> Sensitivity:
     """Each layer's accuracy drop when compressed alone (stored in `db`; read from it unless `fresh`)."""
-    from engine.jobs import sensitivity as sens
-    from engine.jobs.command import write_progress
+    from engine.jobs.sensitivity import SensitivityTask
 
-    def progress(i: int, n: int, layer: str) -> None:
-        write_progress(progress_file, {"done": i, "total": n, "layer": layer})
-        if on_progress:
-            on_progress(i, n, layer)
-
-    levels = sens.check_levels(technique, levels, method)
-    check_model(model)
-    open_store(db)
-    method = method if technique == "prune" else "weight-only"
-    if not fresh:
-        hit = sens.load(db, model, technique, fingerprint()["id"], levels, method)
-        if hit is not None:
-            return {**hit, "from_store": True}
-    out = sens.measure(model, technique, levels, method, progress)
-    sens.save(db, out)
-    write_progress(progress_file, {"done": len(out["layers"]), "total": len(out["layers"]), "finished": True})
-    return {**out, "from_store": False}
-
-
+    task = SensitivityTask(model, str(db), technique, None if levels is None else list(levels), method, fresh)
+    return task.run(progress_file, on_progress)
 def stored_sensitivity(model: str, db: str | Path, technique: str = "prune", method: str = "magnitude"
-                       ) -> dict[str, Any] | None:
+                       ) -> Sensitivity | None:
     """The newest stored sensitivity of `model` on this machine (read without loading any model)."""
     from engine.jobs import sensitivity as sens
 
     if technique not in sens.TECHNIQUES:
         raise UserError(f"technique={str(technique)[:40]!r} is not allowed: choose prune or quantize")
-    return sens.load(db, model, technique, fingerprint()["id"],
-                     method=method if technique == "prune" else "weight-only")
-
-
+    hit = sens.load(db, model, technique, fingerprint()["id"], method=method if technique == "prune" else "weight-only")
+    return None if hit is None else Sensitivity.from_dict(hit)
 def start_sensitivity(model: str, db: str | Path, technique: str = "prune", levels: list | None = None,
-                      method: str = "magnitude"):
-    """A sensitivity scan in a process of its own (a CommandJob: progress, stop, result)."""
+                      method: str = "magnitude") -> Job:
+    """A sensitivity scan in a process of its own (measured afresh); its `result()` is a Sensitivity."""
     from engine.jobs import sensitivity as sens
     from engine.jobs.command import CommandJob
 
     levels = sens.check_levels(technique, levels, method)
-    return CommandJob(["sensitivity", "--model", model, "--db", str(Path(db).resolve()), "--technique", technique,
-                       "--prune-method", method, "--levels", ",".join(map(str, levels)), "--fresh"])
-
-
-def start_search(model: str, db: str | Path, min_accuracy: str, objectives: str = "latency:min,size:min",
-                 trials: int | None = None, budget_s: float | None = None, profile: str = "quick"):
-    """A search in a process of its own (a CommandJob); stopping it loses nothing and the same call resumes."""
-    from engine.jobs import search as searcher
+    return CommandJob(sens.SensitivityTask(model, str(Path(db).resolve()), technique, list(levels), method,
+                                           fresh=True))
+def start_search(model: str, db: str | Path, min_accuracy: str, objectives: str = "relative_latency:min,size:min",
+                 trials: int | None = None, budget_s: float | None = None, profile: str = "quick") -> Job:
+    """A search in a process of its own; stopping it loses nothing and the same call resumes. Its `result()`
+    is a SearchSummary."""
     from engine.jobs.command import CommandJob
+    from engine.jobs.search import SearchTask
 
-    searcher.check(objectives, trials, budget_s)
-    check_profile(profile)
-    pareto.parse_min_accuracy(min_accuracy, 1.0)
-    stop = ["--trials", str(trials)] if trials is not None else ["--budget-s", str(budget_s)]
-    return CommandJob(["search", "--model", model, "--db", str(Path(db).resolve()), "--min-accuracy", str(min_accuracy),
-                       "--objectives", objectives, "--profile", profile, *stop])
-
-
-def search(model: str, db: str | Path, min_accuracy: str, objectives: str = "latency:min,size:min",
+    task = SearchTask(model, str(Path(db).resolve()), str(min_accuracy), objectives, trials, budget_s, profile)
+    task.check()
+    return CommandJob(task)
+def search(model: str, db: str | Path, min_accuracy: str, objectives: str = "relative_latency:min,size:min",
            trials: int | None = None, budget_s: float | None = None, profile: str = "quick",
            on_trial: Callable[[dict[str, Any]], None] | None = None, should_stop: Callable[[], bool] = lambda: False,
-           progress_file: str | Path | None = None) -> dict[str, Any]:
+           progress_file: str | Path | None = None) -> SearchSummary:
     """Search recipes above an accuracy threshold, minimising the objectives (resumes a stored study)."""
-    from engine.jobs import search as searcher
+    from engine.jobs.search import SearchTask
 
-    searcher.check(objectives, trials, budget_s)
-    check_profile(profile)
-    check_model(model)
-    return searcher.run(model, db, min_accuracy, objectives, trials, budget_s, profile, on_trial, should_stop,
-                        progress_file)
-
-
+    task = SearchTask(model, str(db), min_accuracy, objectives, trials, budget_s, profile)
+    return task.run(progress_file, on_trial, should_stop)
 # --- export and apply -----------------------------------------------------------------------------------
 def export(out: str | Path, *, recipe: Recipe | None = None, row_id: int | None = None, db: str | Path | None = None,
-           force: bool = False, profile: str = "thorough", via: Worker | None = None) -> dict[str, Any]:
+           force: bool = False, profile: str = "thorough", via: Worker | None = None) -> BundleSummary:
     """Write the verified bundle of a stored row (`row_id` in `db`) or of a recipe (measured, or read from `db`)."""
     from engine.bundle.bundle import check_out, write_bundle
 
@@ -495,7 +465,7 @@ def export(out: str | Path, *, recipe: Recipe | None = None, row_id: int | None 
         with Store(db, write=False) as store:
             result = store.get_id(row_id)
             recipe = Recipe.from_dict(result.recipe)
-            rows, _ = store.rows(model=recipe.model, device_id=result.device.get("id"))
+            rows, _ = store.rows(model=recipe.model, device_id=result.machine.id)
         check_model(recipe.model)
         if result.error:
             raise UserError(f"row {row_id} is a failed configuration ({result.error}): nothing to export")
@@ -509,10 +479,10 @@ def export(out: str | Path, *, recipe: Recipe | None = None, row_id: int | None 
             result = measure(recipe, profile)
     else:
         raise UserError("export needs a stored row (--db with --id) or a recipe (--model with the recipe flags)")
-    return write_bundle(recipe, out, result, rows, force=force)
+    return BundleSummary.from_dict(write_bundle(recipe, out, result, rows, force=force))
 
 
-def bundle_zip(recipe: Recipe, db: str | Path, via: Worker | None = None) -> tuple[bytes, dict[str, Any]]:
+def bundle_zip(recipe: Recipe, db: str | Path, via: Worker | None = None) -> tuple[bytes, BundleSummary]:
     """The export bundle of `recipe` as zip bytes (the files `python -m engine export` writes)."""
     measured = measure_or_load(recipe, db, via=via)
     with tempfile.TemporaryDirectory() as tmp:
@@ -521,7 +491,7 @@ def bundle_zip(recipe: Recipe, db: str | Path, via: Worker | None = None) -> tup
 
         with Store(db) as store:
             rows, _ = store.rows(model=recipe.model, device_id=fingerprint()["id"])
-        summary = write_bundle(recipe, folder, measured.result, rows)
+        summary = BundleSummary.from_dict(write_bundle(recipe, folder, measured.result, rows))
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
             for f in sorted(folder.iterdir()):
@@ -529,7 +499,7 @@ def bundle_zip(recipe: Recipe, db: str | Path, via: Worker | None = None) -> tup
     return buf.getvalue(), summary
 
 
-def apply_bundle(path: str | Path, out: str | Path | None = None, force: bool = False) -> dict[str, Any]:
+def apply_bundle(path: str | Path, out: str | Path | None = None, force: bool = False) -> BundleCheck:
     """Verify a bundle (every file against its record) or re-create a bare recipe; optionally write a new bundle.
 
     The result's `error` names the first file that failed (the CLI exits 1)."""
@@ -538,7 +508,7 @@ def apply_bundle(path: str | Path, out: str | Path | None = None, force: bool = 
     recipe, record, folder = read_record(path)
     if out is not None:
         check_out(out, force)
-    res = reapply(recipe) if record is None else verify(folder, recipe, record)
-    if out is not None and not res["error"]:
-        res["new_bundle"] = export(out, recipe=recipe, force=force)
+    res = BundleCheck.from_dict(reapply(recipe) if record is None else verify(folder, recipe, record))
+    if out is not None and not res.error:
+        res.new_bundle = export(out, recipe=recipe, force=force)
     return res

@@ -1,4 +1,7 @@
-"""Command line: parse -> call an engine.api verb -> print. No compression or measurement logic here.
+"""Command line: parse -> call an engine.api verb -> print its value (`to_text()`, or `to_dict()` with --json).
+
+The recipe flags (of run and export) and the sweep's grid axes are generated from the Recipe's field table
+(engine.core.recipe.FIELDS); no compression, measurement or formatting logic lives here.
 
 With --json, stdout holds exactly one strict JSON object (no NaN); progress and logs go to stderr. Bad
 input is one line on stderr and exit code 2, never a traceback; a configuration that failed, or a
@@ -7,23 +10,27 @@ bundle that does not verify, exits 1.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
+import signal
 import sqlite3
 import sys
+import threading
 import traceback
 import warnings
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+from engine.core.axes import TASKS
 from engine.core.errors import UserError, VerificationError
-from engine.core.recipe import BITS, PRECISIONS, PRUNE_METHODS, PRUNE_SCOPES, RUNTIMES, Recipe
+from engine.core.recipe import FIELDS, Field, Recipe, parse_amount, parse_int
 from engine.core.result import strict
-from engine.core.units import fmt_bytes, fmt_energy, fmt_ms, fmt_speedup
-from engine.runtimes import PREPARE
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 DEFAULT_DB = "results.db"
 
 
@@ -33,42 +40,30 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
-def _bits(text: str) -> int | None:
-    if text.lower() in ("none", "fp"):
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not allowed: choose none or an integer {BITS[0]} to "
-                                         f"{BITS[-1]}") from None
+def _typed(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A field's text parser as argparse wants it: its ValueError becomes the one-line message."""
+    def one(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return one
 
 
-def _amount(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number: allowed 0 to 0.99") from None
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an integer") from None
-
-
-def _list(parse):
+def _list(parse: Callable[[str], Any]) -> Callable[[str], list]:
     def many(text: str) -> list:
         return [parse(x.strip()) for x in text.split(",") if x.strip()]
     return many
+
+
+_amount, _int = _typed(parse_amount), _typed(parse_int)
 
 
 def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--model", required=required,
                    help="a registered name (see `models`), hf:<folder or hub id> (with --task and --eval-data) or "
                         "py:<file.py> (see README, 'Use your own model')")
-    p.add_argument("--task", default=None, help="for hf: models: feature-extraction, text-classification or "
-                                                "image-classification")
+    p.add_argument("--task", default=None, help=f"for hf: models: one of {', '.join(TASKS)}")
     p.add_argument("--eval-data", default=None, help="for hf: models: CSV/JSONL (text[,label]) or a folder of class "
                                                      "folders of images")
     p.add_argument("--allow-network", action="store_true",
@@ -84,65 +79,31 @@ def model_from_args(a: argparse.Namespace) -> str | None:
     return None if a.model is None else api.model_name(a.model, a.task, a.eval_data)
 
 
+def add_field(p: argparse.ArgumentParser, f: Field, many: bool = False) -> None:
+    """One flag of the recipe's field table; `many`: a comma-separated list (a sweep's axis; default: the grid's)."""
+    if f.parse is None:
+        p.add_argument(f.option, dest=f.dest, action="store_true", help=f.describe())
+    elif many:
+        p.add_argument(f.option, dest=f.dest, type=_list(_typed(f.parse)), default=None, metavar=f.metavar,
+                       help=f"{f.describe()}; comma-separated (default {'none' if f.default is None else f.default})")
+    else:
+        p.add_argument(f.option, dest=f.dest, type=_typed(f.parse), default=f.default, metavar=f.metavar,
+                       help=f.describe())
+
+
 def add_recipe_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     add_model_args(p, required)
-    p.add_argument("--prune", type=_amount, default=0.0, help="fraction of weights/channels to remove, 0-0.99")
-    p.add_argument("--prune-method", default="magnitude", help=f"one of {', '.join(PRUNE_METHODS[1:])}")
-    p.add_argument("--prune-scope", default="global", help=f"one of {', '.join(PRUNE_SCOPES)}")
-    p.add_argument("--finetune-epochs", type=_int, default=0,
-                   help="retrain this many epochs after pruning")
-    p.add_argument("--bits", type=_bits, default=None, help=f"none or {BITS[0]}-{BITS[-1]}")
-    p.add_argument("--scheme", default=None, help="weight-only or dynamic (default: dynamic, a real int8 kernel, "
-                                                  "at fp32 on cpu; weight-only otherwise)")
-    p.add_argument("--granularity", default="per-channel", help="per-channel or per-group")
-    p.add_argument("--group-size", type=_int, default=32)
-    p.add_argument("--precision", default="fp32", help=f"one of {', '.join(PRECISIONS)}")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--batch-size", type=_int, default=1)
-    p.add_argument("--runtime", default="eager", help=f"one of {', '.join(RUNTIMES)}")
-    p.add_argument("--threads", type=_int, default=None, help="intra-op threads (default: physical cores)")
-    p.add_argument("--layers", type=_json_object, default=None, metavar="JSON",
-                   help='per-layer overrides, e.g. \'{"fc1": {"prune": 0.2}, "conv*": {"bits": "none"}}\' '
-                        "(exact names win over patterns; see `sensitivity` for the names)")
-    p.add_argument("--recover", default="none", help="retrain after compressing: none, finetune or distill")
-    p.add_argument("--recover-steps", type=_int, default=0, help="optimizer steps of the recovery")
-    p.add_argument("--recover-lr", type=_amount, default=None, help="learning rate (default: the model's)")
-    p.add_argument("--schedule", default="one-shot",
-                   help="one-shot or gradual (magnitude sparsity raised from --initial-sparsity along a cubic ramp)")
-    p.add_argument("--initial-sparsity", type=_amount, default=0.0)
-    p.add_argument("--qat", action="store_true", help="train through fake-quantized weights (straight-through)")
-    p.add_argument("--temperature", type=_amount, default=2.0, help="distillation temperature (classifiers)")
-
-
-def _json_object(text: str) -> dict:
-    from engine.core.recipe import parse_json
-
-    try:
-        value = parse_json(text, "--layers")
-    except UserError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("give a JSON object {layer name or pattern: {prune, bits}}")
-    return value
-
-
-def _recover_from_args(a: argparse.Namespace) -> dict[str, Any] | None:
-    given = (a.recover_steps, a.recover_lr is not None, a.schedule != "one-shot", a.initial_sparsity, a.qat,
-             a.temperature != 2.0)
-    if a.recover == "none" and not any(given):
-        return None
-    return {"method": a.recover, "steps": a.recover_steps, "lr": a.recover_lr, "schedule": a.schedule,
-            "initial_sparsity": a.initial_sparsity, "qat": a.qat, "temperature": a.temperature}
+    for f in FIELDS:
+        add_field(p, f)
 
 
 def recipe_from_args(a: argparse.Namespace) -> Recipe:
     from engine import api
 
-    return api.recipe_from_fields(
-        model_from_args(a), prune=a.prune, prune_method=a.prune_method, prune_scope=a.prune_scope,
-        finetune_epochs=a.finetune_epochs, bits=a.bits, scheme=a.scheme, granularity=a.granularity,
-        group_size=a.group_size, precision=a.precision, device=a.device, batch_size=a.batch_size,
-        runtime=a.runtime, threads=a.threads, layers=a.layers, recover=_recover_from_args(a))
+    flat = {f.name: getattr(a, f.dest) for f in FIELDS if f.part is None}
+    recover = {f.name: getattr(a, f.dest) for f in FIELDS if f.part == "recover"}
+    untouched = all(recover[f.name] == f.default for f in FIELDS if f.part == "recover")
+    return api.recipe_from_fields(model_from_args(a), recover=None if untouched else recover, **flat)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,21 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="measure a grid of recipes into a results store (resumable)")
     add_model_args(p)
-    p.add_argument("--prune", type=_list(_amount), default=[0.0], help="comma-separated amounts, e.g. 0,0.3,0.6,0.9")
-    p.add_argument("--prune-method", type=_list(str), default=["magnitude"], help="magnitude,structured")
-    p.add_argument("--finetune-epochs", type=_int, default=0,
-                   help="retrain pruned configurations this many epochs")
-    p.add_argument("--bits", type=_list(_bits), default=[None], help="e.g. none,8,4")
-    p.add_argument("--precision", type=_list(str), default=["fp32"], help="e.g. fp32,bf16")
-    p.add_argument("--scheme", type=_list(str), default=None, help="default: the fastest real path per precision")
-    p.add_argument("--granularity", default="per-channel")
-    p.add_argument("--group-size", type=_int, default=32)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=_list(_int), default=[1], help="e.g. 1,8,64")
-    p.add_argument("--runtime", type=_list(str), default=["eager"], help=f"e.g. {','.join(RUNTIMES)}")
+    for f in FIELDS:
+        if f.grid:
+            add_field(p, f, many=f.many)
     p.add_argument("--db", default=DEFAULT_DB, help=f"SQLite results file (default {DEFAULT_DB})")
     p.add_argument("--profile", default="thorough", help="quick or thorough")
-    p.add_argument("--threads", type=_list(_int), default=[None], help="e.g. 1,2 (default: physical cores)")
     p.add_argument("--executor", choices=["in-process", "ray"], default="in-process",
                    help="ray: measure on every machine type of a Ray cluster (pip install -r requirements-ray.txt)")
     p.add_argument("--address", default=None,
@@ -235,8 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="find the cheapest recipes above an accuracy threshold (Optuna; resumable)")
     add_model_args(p)
     p.add_argument("--min-accuracy", required=True, help="absolute (0.95) or relative to the baseline (0.99x)")
-    p.add_argument("--objectives", default="latency:min,size:min",
-                   help="2-3 of latency,size,memory,energy,params,speedup,accuracy (latency: 1 / paired speed-up)")
+    p.add_argument("--objectives", default="relative_latency:min,size:min",
+                   help="2-3 of relative_latency,size,memory,energy,params,speedup,accuracy (relative_latency: "
+                        "1 / paired speed-up; `latency` is accepted for it)")
     stop = p.add_mutually_exclusive_group(required=True)
     stop.add_argument("--trials", type=_int, default=None, help="trials the study should hold (a rerun resumes)")
     stop.add_argument("--budget-s", type=_amount, default=None, help="seconds this run may take")
@@ -254,27 +206,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the rows (each with its machine) to a results file to share")
     p.add_argument("--import", dest="import_", default=None, metavar="FILE",
                    help="merge a results file (e.g. a classmate's) into --db; rows keep their machine")
+
+    p = sub.add_parser("dashboard", add_help=False,
+                       help="open the dashboard (streamlit run; further arguments go to Streamlit, e.g. "
+                            "--server.port 8600)")
+    p.add_argument("streamlit_args", nargs=argparse.REMAINDER)
     return parser
 
 
-# --- verbs ----------------------------------------------------------------------------------------------
-def cmd_models(a: argparse.Namespace) -> dict[str, Any]:
+# --- verbs: each returns a value with to_dict() (for --json) and to_text() -------------------------------
+def cmd_models(a: argparse.Namespace) -> Any:
     from engine import api
 
-    return {"models": api.models()}
+    return api.models()
 
 
-def print_models(out: dict[str, Any]) -> None:
-    for r in out["models"]:
-        if not r["available"]:
-            print(f"{r['name']:<12} unavailable here: {r['error']}")
-            continue
-        print(f"{r['name']:<12} {r['parameters']:>11,} params  {r['task']}")
-        print(f"{'':<12} metric: {r['metric']}")
-        print(f"{'':<12} source: {r['source']}")
-
-
-def cmd_run(a: argparse.Namespace) -> dict[str, Any]:
+def cmd_run(a: argparse.Namespace) -> Any:
     from engine import api
 
     recipe = recipe_from_args(a)
@@ -282,44 +229,12 @@ def cmd_run(a: argparse.Namespace) -> dict[str, Any]:
     api.check_settings()
     api.load_model(recipe.model)
     print(f"measuring {recipe.model}: {recipe.label()} ({a.profile})", file=sys.stderr)
-    return api.measure(recipe, profile=a.profile).to_dict()
+    return api.measure(recipe, profile=a.profile)
 
 
-def print_result(r: dict[str, Any]) -> None:
-    rec = Recipe.from_dict(r["recipe"])
-    print(f"{r['model']}  {rec.label()}  (key {rec.key})")
-    if r["error"]:
-        print(f"  FAILED: {r['error']}")
-        return
-    name = "fidelity" if r["metric_kind"] == "fidelity" else "accuracy"
-    print(f"  {name:<10} {r['accuracy']:.4f}  (baseline {r['baseline_accuracy']:.4f}; {r['metric']})")
-    for k, v in r["extra_metrics"].items():
-        print(f"  {k:<10} {v:.4f}")
-    print(f"  params     {r['params_nonzero']:,} non-zero of {r['params_total']:,}")
-    print(f"  size       {fmt_bytes(r['size_bytes'])} stored (fp32 baseline {fmt_bytes(r['baseline_size_bytes'])})")
-    lat = r["latency_ms"]
-    if lat:
-        print(f"  latency    p50 {fmt_ms(lat['p50'])}, p90 {fmt_ms(lat['p90'])}, p99 {fmt_ms(lat['p99'])} "
-              f"(IQR/median {lat['iqr_ratio']:.0%}, {lat['calls']} calls, batch {lat['batch_size']}, "
-              f"{lat['threads']} of {lat['threads_requested']} threads)")
-        print(f"  speed-up   {fmt_speedup(r['speedup'])} than the uncompressed eager fp32 model (paired, spread "
-              f"{(r['speedup_spread'] or 0):.0%})")
-        print(f"  machine    other work used {lat['foreign_cpu']:.2f} cores while timing"
-              + ("  CONTENDED: re-measure when the machine is quiet" if lat["contended"] else ""))
-    if r["peak_memory_bytes"] is not None:
-        print(f"  memory     {fmt_bytes(r['peak_memory_bytes'])} peak ({r['memory_source']})")
-    if r["energy_j"] is not None:
-        print(f"  energy     {fmt_energy(r['energy_j'])}/inference [{r['energy_source']}]")
-    for k in r["kernels"]:
-        print(f"  kernel     {k['step']}: {k['kernel']}{' (simulated)' if k['simulated'] else ''}")
-    if r.get("prepare_s") is not None:
-        what = PREPARE.get(Recipe.from_dict(r["recipe"]).runtime, "preparing the runtime")
-        print(f"  prepared   in {r['prepare_s']:.1f} s ({what}; not in the latency)")
-    for w in r["warnings"]:
-        print(f"  warning    {w}")
+def cmd_sweep(a: argparse.Namespace) -> Any:
+    from dataclasses import replace
 
-
-def cmd_sweep(a: argparse.Namespace) -> dict[str, Any]:
     from engine import api
 
     api.check_settings()
@@ -327,10 +242,8 @@ def cmd_sweep(a: argparse.Namespace) -> dict[str, Any]:
     if not on_cluster and (a.address or a.resources or a.node_label):
         raise UserError("--address, --resources and --node-label go with --executor ray")
     cluster = api.ClusterOptions.parse(a.address, a.resources, a.node_label) if on_cluster else None
-    recipes, skipped = api.sweep_grid(
-        model_from_args(a), here=not on_cluster, prune=a.prune, methods=a.prune_method, bits=a.bits, precisions=a.precision, schemes=a.scheme,
-        granularity=a.granularity, group_size=a.group_size, device=a.device, batch_size=a.batch_size,
-        finetune_epochs=a.finetune_epochs, runtimes=a.runtime, threads=a.threads)
+    axes = {f.grid: getattr(a, f.dest) for f in FIELDS if f.grid and getattr(a, f.dest) is not None}
+    recipes, skipped = api.sweep_grid(model_from_args(a), here=not on_cluster, **axes)
     for s in skipped:
         print(f"skipped combinations: {s}", file=sys.stderr)
     bar = _ProgressBar(per_device=cluster is not None)
@@ -341,7 +254,7 @@ def cmd_sweep(a: argparse.Namespace) -> dict[str, Any]:
         summary = api.sweep(recipes, a.db, profile=a.profile, on_progress=bar.update,
                             retry_failed=a.retry_failed, remeasure_contended=a.remeasure_contended)
     bar.close()
-    return {"db": a.db, **summary.__dict__, "skipped_combinations": skipped}
+    return replace(summary, skipped_combinations=skipped)
 
 
 class _ProgressBar:
@@ -355,7 +268,7 @@ class _ProgressBar:
         width = 24
         fill = int(width * step.done / max(step.total, 1))
         status = "FAILED" if step.result.error else "contended" if step.result.contended else "ok"
-        where = f"  on {step.result.device.get('cpu', '?')}" if self.per_device else ""
+        where = f"  on {step.result.machine.cpu or '?'}" if self.per_device else ""
         line = (f"[{'#' * fill}{'.' * (width - fill)}] {step.done}/{step.total}  ETA {step.eta_s:4.0f}s  "
                 f"{step.recipe.label()} {status}{where}")
         print(("\r" + line.ljust(100)) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
@@ -365,47 +278,14 @@ class _ProgressBar:
             print(file=sys.stderr)
 
 
-def print_sweep(out: dict[str, Any]) -> None:
-    print(f"{out['measured']} measured ({out['failed']} failed, {out['contended']} contended), "
-          f"{out['skipped_existing']} already in {out['db']}, {out['total']} in the grid, {out['wall_s']:.1f} s"
-          + ("; stopped early" if out["stopped"] else ""))
-    if out["contended"]:
-        print("contended rows were measured while other work used the CPU: run again with --remeasure-contended "
-              "when the machine is quiet")
-
-
-def cmd_frontier(a: argparse.Namespace) -> dict[str, Any]:
+def cmd_frontier(a: argparse.Namespace) -> Any:
     from engine import api
 
     return api.frontier(model_from_args(a), a.db, a.objectives, a.min_accuracy, a.all_devices, a.include_contended,
                         a.batch_size, a.device)
 
 
-def print_frontier(out: dict[str, Any]) -> None:
-    if "devices" in out:
-        for i, one in enumerate(out["devices"]):
-            print(("\n" if i else "") + f"== {one['machine']['name']} (machine {one['machine']['device_id'][:12]})")
-            print_frontier(one)
-        return
-    names = [o["name"] for o in out["objectives"]]
-    print(f"{out['model']}: {len(out['frontier'])} of {out['considered']} configurations are on the "
-          f"{' / '.join(names)} frontier at batch size {out['batch_size']} (hypervolume {out['hypervolume']:.4g})")
-    if len(out["batch_sizes"]) > 1:
-        print(f"also stored at batch sizes {', '.join(map(str, out['batch_sizes']))}: choose one with --batch-size")
-    if out["min_accuracy"] is not None:
-        print(f"constraint: accuracy >= {out['min_accuracy']:.4f}")
-    if out["untrusted"] and not out["include_untrusted"]:
-        print(f"{out['untrusted']} row(s) measured on a busy machine (or by an older engine) left out: "
-              "`sweep --remeasure-contended` measures them again, `--include-contended` lets them compete")
-    if out["damaged_rows"]:
-        print(f"{out['damaged_rows']} damaged row(s) skipped")
-    _table(out["frontier"], ["id", "label", "accuracy", "latency_p50_ms", "speedup", "size_bytes",
-                             "peak_memory_bytes", "energy_j", "energy_source"])
-    for f in out["failed"]:
-        print(f"failed #{f['id']} {f['label']}: {f['error']}")
-
-
-def cmd_export(a: argparse.Namespace) -> dict[str, Any]:
+def cmd_export(a: argparse.Namespace) -> Any:
     from engine import api
 
     if a.id is not None:
@@ -415,39 +295,13 @@ def cmd_export(a: argparse.Namespace) -> dict[str, Any]:
     return api.export(a.out, recipe=recipe_from_args(a), db=a.db, force=a.force, profile=a.profile)
 
 
-def print_export(out: dict[str, Any]) -> None:
-    print(f"wrote {out['out']}: {', '.join(out['files'])}")
-    print(f"  {out['metric_kind']} {out['accuracy']:.4f} in PyTorch, {out['onnx_accuracy']:.4f} in ONNX Runtime "
-          f"(gap {out['gap']:.4f})")
-    print(f"  compressed.bin {fmt_bytes(out['size_bytes'])} vs {fmt_bytes(out['fp32_bytes'])} uncompressed fp32: "
-          f"{out['compression_ratio']:.1f}x smaller")
-    for w in out["warnings"]:
-        print(f"  warning  {w}")
-
-
-def cmd_apply(a: argparse.Namespace) -> dict[str, Any]:
+def cmd_apply(a: argparse.Namespace) -> Any:
     from engine import api
 
     return api.apply_bundle(a.recipe, a.out, a.force)
 
 
-def print_apply(out: dict[str, Any]) -> None:
-    rec = Recipe.from_dict(out["recipe"])
-    if out["bundle"] is None:
-        print(f"re-created {rec.model} ({rec.label()}, recipe {out['recipe_key']}): accuracy {out['accuracy']:.4f} "
-              "(a bare recipe: nothing recorded to compare with)")
-    else:
-        for c in out["checks"]:
-            print(f"  {'ok  ' if c['ok'] else 'FAIL'} {c['file']}: {c['check']}" + (f" ({c['detail']})" if not c["ok"] else ""))
-        verdict = "DOES NOT VERIFY: " + out["error"] if out["error"] else "verified"
-        print(f"{out['bundle']}: {verdict}")
-        for f in out.get("unverified_files", []):
-            print(f"  note: {f} is not part of the bundle and was not checked")
-    if out.get("new_bundle"):
-        print(f"  new bundle: {out['new_bundle']['out']}")
-
-
-def cmd_sensitivity(a: argparse.Namespace) -> dict[str, Any]:
+def cmd_sensitivity(a: argparse.Namespace) -> Any:
     from engine import api
 
     levels = None if a.levels is None else [int(v) if a.technique == "quantize" and float(v).is_integer() else v
@@ -457,19 +311,7 @@ def cmd_sensitivity(a: argparse.Namespace) -> dict[str, Any]:
                                                                  flush=True), progress_file=a.progress)
 
 
-def print_sensitivity(out: dict[str, Any]) -> None:
-    what = f"{out['technique']} ({out['method']})"
-    print(f"{out['model']}: accuracy drop when one layer alone is compressed, {what}; baseline "
-          f"{out['baseline_accuracy']:.4f}" + (" (stored)" if out.get("from_store") else f" ({out['wall_s']:.1f} s)"))
-    rows = []
-    for r in sorted(out["layers"], key=lambda r: out["ranking"].index(r["layer"])):
-        rows.append({"layer": r["layer"], "size": f"{r['size_share']:.1%}", "time": f"{r['latency_share']:.1%}",
-                     **{f"@{lv}": r["drops"][str(lv)] for lv in out["levels"]}})
-    _table(rows, ["layer", "size", "time"] + [f"@{lv}" for lv in out["levels"]])
-    print(f"most sensitive first; size = share of parameters, time = {out['latency_share_source']}")
-
-
-def cmd_search(a: argparse.Namespace) -> dict[str, Any]:
+def cmd_search(a: argparse.Namespace) -> Any:
     from engine import api
 
     def show(s: dict[str, Any]) -> None:
@@ -481,21 +323,12 @@ def cmd_search(a: argparse.Namespace) -> dict[str, Any]:
                       on_trial=show, progress_file=a.progress)
 
 
-def print_search(out: dict[str, Any]) -> None:
-    print(f"{out['trials_done']} trials, {out['feasible']} at accuracy >= {out['threshold']:.4f} "
-          f"(baseline {out['baseline_accuracy']:.4f}), {out['failed']} failed; study {out['study']}")
-    if not out["found"]:
-        print("no recipe met the threshold yet: run longer, or lower --min-accuracy")
-        return
-    print(f"found (non-dominated on {', '.join(out['objectives'])}; best first; {out['latency_means']}):")
-    _table(out["found"], ["row_id", "label", "accuracy"] + out["objectives"])
-    print(f"export one: python -m engine export --db DB --id ROW_ID --out bundle/")
-
-
-def cmd_results(a: argparse.Namespace) -> dict[str, Any]:
+def cmd_results(a: argparse.Namespace) -> Any:
+    from dataclasses import replace
     from pathlib import Path
 
     from engine import api
+    from engine.core.summaries import ResultsFile, ResultsImport
 
     if a.export and a.import_:
         raise UserError("give --export or --import, not both")
@@ -503,83 +336,108 @@ def cmd_results(a: argparse.Namespace) -> dict[str, Any]:
         path = Path(a.import_)
         if not path.is_file():
             raise UserError(f"{path} is not a file")
-        return {"imported": api.import_results(a.db, path.read_bytes()), "file": str(path)}
+        return ResultsImport(api.import_results(a.db, path.read_bytes()), str(path))
     if a.export:
         data = api.export_results(a.db, a.model)
         Path(a.export).write_bytes(data)
-        return {"exported": str(a.export), "bytes": len(data)}
-    return {**api.results(a.db, a.model, a.device), "format": a.format}
+        return ResultsFile(str(a.export), len(data))
+    table = api.results(a.db, a.model, a.device)
+    if table.damaged_rows:
+        print(f"{table.damaged_rows} damaged row(s) skipped", file=sys.stderr)
+    return replace(table, format=a.format)
 
 
-def print_results(out: dict[str, Any]) -> None:
-    import csv
-
-    if "exported" in out:
-        print(f"wrote {out['exported']} ({fmt_bytes(out['bytes'])})")
-        return
-    if "imported" in out:
-        i = out["imported"]
-        print(f"{out['file']}: {i['rows_in_file']} rows: {i['new_rows']} new, {i['updated_rows']} replaced a worse "
-              f"measurement, {i['already_as_good']} already stored as good or better, {i['skipped']} skipped")
-        for why, n in i["skipped_why"].items():
-            print(f"  skipped {n}: {why}")
-        print(f"  machines: {', '.join(i['machines']) or 'none'}")
-        return
-    rows = out["rows"]
-    if out["format"] == "json":
-        print(json.dumps(strict(rows), allow_nan=False))
-    elif out["format"] == "csv":
-        if rows:
-            w = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-    else:
-        for r in rows:
-            r["machine"] = r["device_id"][:12]
-        _table(rows, ["id", "machine", "model", "label", "accuracy", "latency_p50_ms", "speedup", "latency_contended",
-                      "size_bytes", "energy_j", "energy_source", "error"])
-    if out["damaged_rows"]:
-        print(f"{out['damaged_rows']} damaged row(s) skipped", file=sys.stderr)
-
-
-def _table(rows: list[dict[str, Any]], cols: list[str]) -> None:
-    def cell(v: Any) -> str:
-        if v is None:
-            return "-"
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return str(v)
-
-    cells = [[cell(r.get(c)) for c in cols] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
-    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
-
-
-COMMANDS = {"models": (cmd_models, print_models), "run": (cmd_run, print_result),
-            "sweep": (cmd_sweep, print_sweep), "frontier": (cmd_frontier, print_frontier),
-            "export": (cmd_export, print_export), "apply": (cmd_apply, print_apply),
-            "results": (cmd_results, print_results), "sensitivity": (cmd_sensitivity, print_sensitivity),
-            "search": (cmd_search, print_search)}
+COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
+    "models": cmd_models, "run": cmd_run, "sweep": cmd_sweep, "frontier": cmd_frontier, "export": cmd_export,
+    "apply": cmd_apply, "results": cmd_results, "sensitivity": cmd_sensitivity, "search": cmd_search}
 
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:500] or type(exc).__name__
 
 
+def dashboard(streamlit_args: list[str]) -> int:
+    """`streamlit run` on the dashboard this engine came with, from any folder. Its settings (this machine only,
+    no usage statistics, no tracebacks) are the .streamlit/config.toml beside app.py, which Streamlit reads
+    wherever it is started; Streamlit's own flags override them."""
+    import importlib.util
+    from pathlib import Path
+
+    from streamlit.web import cli as streamlit_cli
+
+    package = importlib.util.find_spec("dashboard")  # found, not imported: the app imports it in its own run
+    folders = list(package.submodule_search_locations or []) if package else []
+    app = Path(folders[0]) / "app.py" if folders else None
+    if app is None or not app.is_file():
+        print("error: the dashboard package is missing beside the engine: reinstall (pip install . in the project "
+              "folder)", file=sys.stderr)
+        return EXIT_USAGE
+    return streamlit_cli.main(["run", str(app), *streamlit_args], prog_name="streamlit")
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so it unwinds as Ctrl-C does (transactions roll back)."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
+def _stopped_line(argv: Sequence[str] | None) -> str:
+    """What an interrupted verb leaves: rows are written one transaction each and bundles in a temporary
+    folder first, so only whole rows and whole bundles remain, and the same command resumes."""
+    import contextlib
+    import io
+    from pathlib import Path
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    db = None
+    with contextlib.suppress(SystemExit, Exception), contextlib.redirect_stderr(io.StringIO()):
+        db = getattr(build_parser().parse_known_args(args)[0], "db", None)
+    if db and Path(db).is_file():
+        from engine.results.store import Store
+
+        with contextlib.suppress(UserError, sqlite3.Error), Store(db, write=False) as store:
+            return f"stopped: {store.count()} rows saved in {db}; run the same command to resume"
+    return "stopped: nothing was left half-written; run the same command again"
+
+
+def _stops_cleanly(verb: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
+    """Ctrl-C (SIGINT) and SIGTERM end every verb with one line on stderr and exit 130 / 143, never a traceback."""
+    @functools.wraps(verb)
+    def run(argv: Sequence[str] | None = None) -> int:
+        on_main = threading.current_thread() is threading.main_thread()  # signals can be caught only there
+        previous = (signal.getsignal(signal.SIGINT), signal.signal(signal.SIGTERM, _terminate)) if on_main else None
+        try:
+            return verb(argv)
+        except KeyboardInterrupt as exc:
+            if on_main:  # a second Ctrl-C while the line is written is not a traceback either
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            print(("\n" if sys.stderr.isatty() else "") + _stopped_line(argv), file=sys.stderr, flush=True)
+            return EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous[0])
+                signal.signal(signal.SIGTERM, previous[1])
+    return run
+
+
+@_stops_cleanly
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the defaults download nothing
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", category=UserWarning)
     args = list(sys.argv[1:] if argv is None else argv)
+    verb = next((i for i, x in enumerate(args) if not x.startswith("-")), None)
+    if verb is not None and args[verb] == "dashboard":  # Streamlit parses the rest (argparse would refuse its flags)
+        return dashboard(args[verb + 1:])
     verbose = "-v" in args or "--verbose" in args
     try:
         a = build_parser().parse_args(args)
         logging.basicConfig(level=logging.DEBUG if a.verbose else logging.WARNING, stream=sys.stderr,
                             format="%(levelname)s %(name)s: %(message)s")
-        run, show = COMMANDS[a.verb]
-        out = run(a)
+        out = COMMANDS[a.verb](a)
     except UserError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
@@ -601,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"internal error: {type(exc).__name__}: {_one_line(exc)} (run with -v for details)", file=sys.stderr)
         return EXIT_FAILED
     if getattr(a, "json", False):
-        sys.stdout.write(json.dumps(strict(out), allow_nan=False) + "\n")
-    else:
-        show(out)
-    return EXIT_FAILED if isinstance(out, dict) and out.get("error") else 0
+        sys.stdout.write(json.dumps(strict(out.to_dict()), allow_nan=False) + "\n")
+    elif text := out.to_text():
+        print(text)
+    return EXIT_FAILED if getattr(out, "error", None) else 0

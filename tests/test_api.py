@@ -1,5 +1,6 @@
 """The front door's own decisions: when a stored number is good enough, and when it is measured again."""
 import time
+from dataclasses import replace
 
 from engine import api
 from engine.core.recipe import Prune, Recipe
@@ -11,7 +12,7 @@ def _store_baseline(db, **changes):
     base = Recipe(model="digits-mlp")
     m = api.measure_or_load(base, db)
     r = m.result
-    r.latency_ms = {**r.latency_ms, **changes.pop("latency", {})}
+    r.latency = replace(r.latency, **changes.pop("latency", {}))
     for k, v in changes.items():
         setattr(r, k, v)
     with Store(db) as s:

@@ -18,15 +18,9 @@ from engine.compress.pipeline import apply
 from engine.core.recipe import Prune, Quantize, Recipe
 from engine.models import base_model
 from engine.models import get_spec
+from tests.registry_cases import techniques
 
-FAMILIES = {
-    "magnitude": dict(prune=Prune("magnitude", 0.5)),
-    "structured": dict(prune=Prune("structured", 0.3)),
-    "int8": dict(quantize=Quantize(8, "dynamic")),
-    "int4-group": dict(quantize=Quantize(4, "weight-only", "per-group", 16)),
-    "bf16": dict(precision="bf16"),
-    "fp16": dict(precision="fp16"),
-}
+FAMILIES = techniques()  # every registered prune method and scheme, every reduced precision
 # The transformer's export is slower: its families are covered in three combined recipes.
 MINILM = {
     "int8": dict(quantize=Quantize(8, "dynamic")),
@@ -45,7 +39,7 @@ def test_bundle_runs_in_onnx_runtime_with_small_gap(model, family, kw, tmp_path)
     assert out["gap"] <= ACCURACY_TOLERANCE, out
     card = json.loads((tmp_path / "bundle" / "model_card.json").read_text())
     assert card["onnx"]["opset"] >= 18 and card["onnx"]["inputs"]
-    assert out["compression_ratio"] > 1.0 or family in ("magnitude", "structured")
+    assert out["compression_ratio"] > 1.0 or "prune" in kw  # pruning alone may store no smaller
 
 
 RECIPE = Recipe(model="digits-cnn", prune=Prune("structured", 0.5), quantize=Quantize(4))

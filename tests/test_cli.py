@@ -144,7 +144,7 @@ def test_run_json_stdout_is_exactly_one_strict_object():
     out = json.loads(proc.stdout, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
     for key in ("model", "recipe", "accuracy", "baseline_accuracy", "metric", "params_total", "params_nonzero",
                 "size_bytes", "latency_ms", "speedup", "speedup_spread", "peak_memory_bytes", "energy_j",
-                "energy_source", "kernels", "warnings", "device", "error"):
+                "energy_source", "kernels", "warnings", "machine", "error"):
         assert key in out
     assert out["recipe"]["quantize"]["scheme"] == "dynamic" and out["error"] is None
     assert {"p50", "p90", "p99", "mean", "iqr_ratio", "contended", "foreign_cpu", "threads"} <= set(out["latency_ms"])

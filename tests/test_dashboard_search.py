@@ -82,7 +82,7 @@ def test_sensitivity_scan_draws_the_heatmap_and_bad_choices_are_refused(app, db)
     assert app.radio(key="se_sens_method").disabled and not app.get("plotly_chart")
     assert any("Not measured yet" in i.value for i in app.info)
 
-    app.multiselect(key="se_objectives").set_value(["latency"]).run()
+    app.multiselect(key="se_objectives").set_value(["relative_latency"]).run()
     assert any("Choose two objectives" in w.value for w in app.warning) and app.button(key="se_run").disabled
 
 
@@ -96,7 +96,7 @@ def test_search_runs_in_its_own_process_finds_a_recipe_and_loads_it(app, db):
     assert any("Search done: 1 trial in all" in s.value for s in app.success)
     summary = app.session_state[f"_search_{MODEL}"]["job"].result()
     found = summary["found"]
-    assert found and summary["objectives"] == ["latency", "size"]
+    assert found and summary["objectives"] == ["relative_latency", "size"]
     rows = {r["id"] for r in api.results(db, MODEL)["rows"]}
     assert found[0]["row_id"] in rows  # an ordinary stored row: on the Frontier page too
     shown = " ".join(m.value for m in app.markdown)

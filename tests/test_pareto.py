@@ -92,3 +92,19 @@ def test_constraints():
     assert parse_min_accuracy("0.5", None) == 0.5
     assert parse_min_accuracy("0.9x", 0.5) == pytest.approx(0.45)
     assert [o.sense for o in parse_objectives("accuracy,latency,speedup")] == ["max", "min", "max"]
+
+
+def test_the_search_names_its_latency_apart_from_the_frontiers():
+    """The frontier's `latency` is p50 ms; the search's is relative to the baseline, under a name of its own. The
+    old spelling is still accepted, and a study begun under it resumes under the same study name."""
+    from engine.jobs import search
+
+    new = search.check("relative_latency:min,size", 3, None)
+    old = search.check("latency,size:min", 3, None)
+    assert [o.name for o in old] == [o.name for o in new] == ["relative_latency", "size"]
+    assert search.study_name("m", new, 0.9, "id") == search.study_name("m", old, 0.9, "id")
+    assert [o.column for o in parse_objectives("accuracy,latency")] == ["accuracy", "latency_p50_ms"]
+    with pytest.raises(UserError, match="relative_latency is always minimised"):
+        search.check("latency:max,size", 3, None)
+    with pytest.raises(UserError, match="choose from relative_latency, size"):
+        search.check("p50,size", 3, None)

@@ -5,6 +5,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -26,7 +27,7 @@ def test_store_round_trip_on_a_real_file(tmp_path):
         assert s.put(r) == rid  # same configuration on the same device: one row
         back = s.get_id(rid)
         assert back.to_dict() == json.loads(json.dumps(r.to_dict(), default=str))
-        assert s.get(Recipe.from_dict(r.recipe), r.device["id"])[1].accuracy == r.accuracy
+        assert s.get(Recipe.from_dict(r.recipe), r.machine.id)[1].accuracy == r.accuracy
     con = sqlite3.connect(db)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
@@ -62,7 +63,7 @@ def test_a_bad_axis_value_is_an_error_not_a_smaller_grid(axes, field):
 def _result(profile, contended, accuracy, version=__version__):
     r = run_recipe(Recipe(model="digits-mlp", prune=Prune("magnitude", 0.3)), profile="quick")
     r.profile, r.accuracy, r.engine_version = profile, accuracy, version
-    r.latency_ms = {**r.latency_ms, "contended": contended}
+    r.latency = replace(r.latency, contended=contended)
     return r
 
 
@@ -263,7 +264,8 @@ def test_a_result_that_does_not_match_its_row_is_damaged(tmp_path):
 
 @pytest.mark.parametrize("field, value", [
     ("latency_ms", {"p50": "abc"}), ("latency_ms", None), ("accuracy", None), ("extra_metrics", {"x": "y"}),
-    ("device", {"cpu_flags": [1, 2]}), ("size_bytes", "big"), ("error", 12345), ("accuracy", float("nan")),
+    ("machine", {"cpu_flags": [1, 2]}), ("machine", {"id": 7}), ("energy_source", "guessed:nvml"),
+    ("memory_source", 5), ("size_bytes", "big"), ("error", 12345), ("accuracy", float("nan")),
     ("kernels", [{"step": 1}]), ("recipe", {"model": "digits-mlp", "prune": None}),
 ])
 def test_every_field_of_a_stored_result_is_checked(field, value):

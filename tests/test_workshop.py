@@ -67,7 +67,7 @@ def _other_machine(data: bytes) -> bytes:
     """The same results as if measured on a classmate's laptop."""
     doc = json.loads(data)
     for r in doc["results"]:
-        r["device"] = {**r["device"], "id": "classmate0001", "cpu": "Classmate CPU"}
+        r["machine"] = {**r["machine"], "id": "classmate0001", "cpu": "Classmate CPU"}
         r["latency_ms"]["p50"] *= 2
     return json.dumps(doc).encode()
 
@@ -127,7 +127,7 @@ def test_bad_rows_in_a_results_file_are_skipped_and_counted(db):
     doc["results"] = [
         {**good, "model": "no-such-model", "recipe": {**good["recipe"], "model": "no-such-model"}},
         {**good, "accuracy": "high"},
-        {**good, "device": {"cpu": "no id"}},
+        {**good, "machine": {"cpu": "no id"}},
         {**good, "speedup": 1e400},  # JSON infinity
         "a string",
     ]

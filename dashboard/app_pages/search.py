@@ -14,7 +14,7 @@ from engine import api
 from engine.core.recipe import Recipe
 from engine.core.units import fmt_bytes, fmt_energy, fmt_speedup
 
-OBJECTIVE_NAMES = {"latency": "speed-up", "size": "stored size", "energy": "energy per inference",
+OBJECTIVE_NAMES = {"relative_latency": "speed-up", "size": "stored size", "energy": "energy per inference",
                    "memory": "peak memory", "params": "non-zero parameters"}
 
 
@@ -26,7 +26,7 @@ def shown(name: str, value: float | None) -> str:
     """An objective's value as a person reads it (the search minimises 1 / speed-up, bytes, joules)."""
     if value is None:
         return "n/a"
-    if name == "latency":
+    if name == "relative_latency":
         return fmt_speedup(1.0 / value) if value > 0 else "n/a"
     if name in ("size", "memory"):
         return fmt_bytes(value)
@@ -59,7 +59,7 @@ c = st.columns(2)
 floor = c[0].number_input(f"Minimum {metric} (× baseline)", 0.90, 1.00, 0.99, 0.005, format="%.3f", key="se_min",
                           help=f"0.99: keep at least 99 % of the uncompressed model's {metric}. Each floor is a "
                                "search of its own (and so are other objectives).")
-objectives = c[1].multiselect("Objectives (two, both minimised)", list(OBJECTIVE_NAMES), default=["latency", "size"],
+objectives = c[1].multiselect("Objectives (two, both minimised)", list(OBJECTIVE_NAMES), default=["relative_latency", "size"],
                               max_selections=2, key="se_objectives", format_func=OBJECTIVE_NAMES.get,
                               help="speed-up: paired with the uncompressed model, so trials measured minutes apart "
                                    "on a busy machine still compare. The others are costs per model or inference.")

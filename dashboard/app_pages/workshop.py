@@ -97,8 +97,8 @@ with right:
             s["_imported"] = upload.file_id
         out = s.get("_import_summary")
         if out:
-            st.success(f"{out['rows_in_file']} rows read: {out['new_rows']} new, {out['updated_rows']} replaced a "
-                       f"worse measurement, {out['already_as_good']} already stored, {out['skipped']} skipped. "
-                       f"Machines: {', '.join(out['machines']) or 'none'}.")
-            for why, n in out["skipped_why"].items():
+            st.success(f"{out.rows_in_file} rows read: {out.new_rows} new, {out.updated_rows} replaced a "
+                       f"worse measurement, {out.already_as_good} already stored, {out.skipped} skipped. "
+                       f"Machines: {', '.join(out.machines) or 'none'}.")
+            for why, n in out.skipped_why.items():
                 st.caption(f"Skipped {n}: {why}")

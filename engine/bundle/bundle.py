@@ -39,6 +39,7 @@ from engine.compress.pipeline import Applied, apply
 from engine.compress.precision import DTYPES, cast_inputs
 from engine.compress.layers import resolve
 from engine.compress.quantize import select_kernels
+from engine.core.axes import RUNTIMES, SCHEMES
 from engine.core.errors import RecipeError, UserError, VerificationError
 from engine.core.recipe import Recipe, parse_json
 from engine.core.result import Result, strict
@@ -50,8 +51,7 @@ from engine.models import get_spec
 BUNDLE_FORMAT = 2
 FILES = ("model.onnx", "model.safetensors", "compressed.bin", "model_card.json", "report.html", "README.md")
 RECORD = "recipe.json"
-# The model each runtime measured (compile: the weights, which torch.compile compiles where they are deployed).
-PRIMARY = {"eager": "model.safetensors", "compile": "model.safetensors", "onnxruntime": "model.onnx"}
+MODEL_FILES = tuple(f for f in FILES if f != "README.md")  # only a bundle holds these (any folder may hold a README)
 ACCURACY_TOLERANCE = 0.02  # |ONNX Runtime accuracy - PyTorch accuracy| above this is a visible warning
 # Re-evaluating the same file on the same data must give the recorded figure; the margin allows another
 # CPU's int8/sparse kernels to round differently (one flipped digit of 450 is 0.0022), not a changed model.
@@ -92,7 +92,7 @@ def is_bundle(folder: Path) -> bool:
     try:
         if record.is_symlink() or not record.is_file() or record.stat().st_size > MAX_RECORD_BYTES:
             return False
-        data = json.loads(record.read_text(encoding="utf-8"))
+        data = parse_json(record.read_text(encoding="utf-8"), RECORD, limit=None)
         marker = data.get("bundle") if isinstance(data, dict) else None
         return (isinstance(marker, dict) and marker.get("format") == BUNDLE_FORMAT
                 and isinstance(marker.get("files"), dict) and set(marker["files"]) == set(FILES))
@@ -154,19 +154,14 @@ def write_bundle(recipe: Recipe, out: str | Path, result: Result, rows: list[dic
         import onnxruntime
 
         onnx_acc = onnx_accuracy(tmp / "model.onnx", spec)
-        if recipe.runtime == "onnxruntime":
-            # The ONNX model is the measured artifact: it must reproduce the measurement; PyTorch is the side check.
-            if abs(onnx_acc - result.accuracy) > REPEAT_TOLERANCE:
-                raise UserError(f"the exported model.onnx gives {result.metric_kind} {onnx_acc:.4f}, the measurement "
-                                f"recorded {result.accuracy:.4f}: re-measure this configuration, then export")
-            torch_acc = _evaluate(applied.model, recipe, spec)
-        elif recipe.runtime == "compile":  # the compiled model must reproduce the measurement
-            torch_acc = _evaluate(applied.model, recipe, spec)
-            if abs(torch_acc - result.accuracy) > REPEAT_TOLERANCE:
-                raise UserError(f"the compiled model gives {result.metric_kind} {torch_acc:.4f}, the measurement "
-                                f"recorded {result.accuracy:.4f}: re-measure this configuration, then export")
-        else:
-            torch_acc = result.accuracy
+        runtime = RUNTIMES.get(recipe.runtime)
+        # A runtime whose artifact is rebuilt for export (compiled, exported) must reproduce the measurement
+        # with it; the other model is the side check.
+        torch_acc = result.accuracy if runtime.replays_exactly else _evaluate(applied.model, recipe, spec)
+        primary_acc = {"onnx_accuracy": onnx_acc, "torch_accuracy": torch_acc}[runtime.accuracy_key]
+        if not runtime.replays_exactly and abs(primary_acc - result.accuracy) > REPEAT_TOLERANCE:
+            raise UserError(f"{runtime.exported_name} gives {result.metric_kind} {primary_acc:.4f}, the measurement "
+                            f"recorded {result.accuracy:.4f}: re-measure this configuration, then export")
         gap = abs(onnx_acc - torch_acc)
         vwarn = []
         if gap > ACCURACY_TOLERANCE:
@@ -179,7 +174,7 @@ def write_bundle(recipe: Recipe, out: str | Path, result: Result, rows: list[dic
             "metric_kind": spec.metric_kind, "onnx": onnx_info, "preprocessing": spec.preprocessing,
             "storage": {"file": "compressed.bin", "bytes": len(blob), "fp32_bytes": fp32_bytes,
                         "compression_ratio": ratio},
-            "verification": {"runtime": recipe.runtime, "primary": PRIMARY[recipe.runtime],
+            "verification": {"runtime": recipe.runtime, "primary": runtime.primary,
                              "onnx_accuracy": onnx_acc, "torch_accuracy": torch_acc, "gap": gap,
                              "tolerance": ACCURACY_TOLERANCE, "onnxruntime": onnxruntime.__version__,
                              "warnings": vwarn},
@@ -191,10 +186,10 @@ def write_bundle(recipe: Recipe, out: str | Path, result: Result, rows: list[dic
             inputs=", ".join(f"{i['name']} {i['dtype']} {i['shape']}" for i in onnx_info["inputs"]),
             preprocessing=spec.preprocessing, size=len(blob), fp32=fp32_bytes, ratio=ratio,
             name=spec.metric_kind, onnx_acc=onnx_acc, torch_acc=torch_acc,
-            measured=measured_in(recipe.runtime, PRIMARY[recipe.runtime])))
+            measured=measured_in(runtime)))
         record = {"bundle": {"format": BUNDLE_FORMAT, "files": {f: sha256(tmp / f) for f in FILES}},
                   "recipe": recipe.to_dict(), "recipe_key": recipe.key, "model": recipe.model,
-                  "engine_version": __version__, "device": result.device or fingerprint(),
+                  "engine_version": __version__, "device": result.machine.to_dict() if result.machine.id else fingerprint(),
                   "weights_sha256": hashlib.sha256(blob).hexdigest(), "metrics": result.to_dict(),
                   "verification": card["verification"]}
         (tmp / RECORD).write_text(json.dumps(strict(record), indent=2, allow_nan=False) + "\n")
@@ -208,8 +203,9 @@ def write_bundle(recipe: Recipe, out: str | Path, result: Result, rows: list[dic
     return {"out": str(out), "files": sorted(p.name for p in out.iterdir()), "recipe_key": recipe.key,
             "metric_kind": result.metric_kind, "accuracy": result.accuracy, "onnx_accuracy": onnx_acc, "gap": gap,
             "size_bytes": len(blob), "fp32_bytes": fp32_bytes, "compression_ratio": ratio, "warnings": vwarn,
-            "speedup": result.speedup, "latency_ms": result.latency_ms, "energy_j": result.energy_j,
-            "energy_source": result.energy_source, "caveats": list(result.warnings)}
+            "speedup": result.speedup, "latency_ms": result.latency and result.latency.to_dict(),
+            "energy_j": result.energy_j, "energy_source": result.energy_source and str(result.energy_source),
+            "caveats": list(result.warnings)}
 
 
 def _replace(tmp: Path, out: Path) -> None:
@@ -259,6 +255,10 @@ def read_record(path: str | Path) -> tuple[Recipe, dict[str, Any] | None, Path |
     if not isinstance(data, dict):
         raise RecipeError(f"{p} is not a valid recipe file: expected a JSON object")
     if "recipe" not in data:  # a bare recipe
+        held = [f for f in MODEL_FILES if (folder / f).exists()] if p.name == RECORD else []
+        if held:  # a bundle whose record was swapped: applying it would leave its model files unverified
+            raise VerificationError(f"{RECORD}: is a bare recipe, not the bundle record, in a folder that holds "
+                                    f"bundle files ({', '.join(held)}); export the bundle again")
         recipe = Recipe.from_dict(data)
         get_spec(recipe.model)
         return recipe, None, None
@@ -362,11 +362,12 @@ def _record_ok(record: dict[str, Any], recipe: Recipe) -> dict[str, Any]:
     ver = record.get("verification")
     # The measured runtime's accuracy is the metric: eager's exactly; compile's and ONNX Runtime's as re-run
     # at export.
+    runtime = RUNTIMES.get(recipe.runtime)
     ok = isinstance(ver, dict) and ver.get("runtime", "eager") == recipe.runtime
-    if ok and recipe.runtime == "eager":
-        ok = ver.get("torch_accuracy") == result.accuracy
+    if ok and runtime.replays_exactly:
+        ok = ver.get(runtime.accuracy_key) == result.accuracy
     elif ok:
-        acc = ver.get("onnx_accuracy" if recipe.runtime == "onnxruntime" else "torch_accuracy")
+        acc = ver.get(runtime.accuracy_key)
         ok = type(acc) in (int, float) and abs(acc - result.accuracy) <= REPEAT_TOLERANCE
     if not ok:
         raise VerificationError(f"{RECORD}: its verification block does not match its metrics (edited)")
@@ -383,7 +384,7 @@ def _same_bytes(path: Path, expected: bytes, record: dict[str, Any], metrics: di
         codec.decode(expected)
     except codec.CodecError as exc:
         raise VerificationError(f"compressed.bin: {exc}") from None
-    size = (path.parent / "model.onnx").stat().st_size if recipe.runtime == "onnxruntime" else len(expected)
+    size = (path.parent / RUNTIMES.get(recipe.runtime).sized).stat().st_size
     if metrics.get("size_bytes") != size or metrics.get("params_total") != applied.params_total \
             or metrics.get("params_nonzero") != applied.params_nonzero:
         raise VerificationError(f"{RECORD}: its size or parameter counts are not those of the re-created model")
@@ -410,11 +411,7 @@ def _outputs(model: nn.Module, recipe: Recipe, spec) -> torch.Tensor:
     if recipe.quantize.bits is not None:
         select_kernels(model, recipe.quantize, "cpu", resolve(recipe, model))
     inputs = [cast_inputs(x, recipe.precision, "cpu") for x in spec.eval_inputs()]
-    run = lambda x: spec.forward(model, x)  # noqa: E731
-    if recipe.runtime == "compile":
-        from engine.runtimes.compiled import compiled
-
-        run = compiled(None, torch.get_num_threads(), model, spec.forward, inputs[0])[0]
+    run = RUNTIMES.get(recipe.runtime).torch_runner(model, spec, inputs[0])
     with torch.inference_mode():
         return torch.cat([run(x) for x in inputs]).float()
 
@@ -438,7 +435,7 @@ def _agree(onnx_out: torch.Tensor, torch_out: torch.Tensor, recipe: Recipe, onnx
     """ONNX Runtime computes the same model: outputs within a relative difference (looser for int8, whose
     activations ONNX Runtime quantizes its own way: 0.06 for digits-mlp, 0.24 for MiniLM here) and accuracy
     within the export tolerance."""
-    int8 = recipe.quantize.scheme == "dynamic" and recipe.quantize.bits is not None  # ONNX Runtime's own int8
+    int8 = recipe.quantize.bits is not None and SCHEMES.get(recipe.quantize.scheme).int8_activations
     limit = ONNX_AGREEMENT_INT8 if int8 else ONNX_AGREEMENT
     diff = float((onnx_out - torch_out).norm() / torch_out.norm().clamp(min=1e-12))
     if onnx_out.shape != torch_out.shape or not diff <= limit or abs(onnx_acc - (torch_acc or 0)) > ACCURACY_TOLERANCE:
@@ -449,7 +446,7 @@ def _agree(onnx_out: torch.Tensor, torch_out: torch.Tensor, recipe: Recipe, onnx
 def _documents_ok(folder: Path, record: dict[str, Any], recipe: Recipe, spec, metrics: dict[str, Any]) -> None:
     """The model card and README say what the record says (the README is re-written and compared)."""
     try:
-        card = json.loads((folder / "model_card.json").read_text(encoding="utf-8"))
+        card = parse_json((folder / "model_card.json").read_text(encoding="utf-8"), "model_card.json", MAX_RECORD_BYTES)
         readme = (folder / "README.md").read_text(encoding="utf-8")
         size = (folder / "compressed.bin").stat().st_size
         same = (isinstance(card, dict) and card.get("recipe_key") == recipe.key and card.get("model") == recipe.model
@@ -464,7 +461,7 @@ def _documents_ok(folder: Path, record: dict[str, Any], recipe: Recipe, spec, me
                 preprocessing=spec.preprocessing, size=size, fp32=card["storage"]["fp32_bytes"],
                 ratio=card["storage"]["compression_ratio"], name=spec.metric_kind,
                 onnx_acc=record["verification"]["onnx_accuracy"], torch_acc=record["verification"]["torch_accuracy"],
-                measured=measured_in(recipe.runtime, PRIMARY[recipe.runtime]))
+                measured=measured_in(RUNTIMES.get(recipe.runtime)))
             same = readme == expected
     except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
         same = False

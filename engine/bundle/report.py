@@ -6,18 +6,19 @@ import json
 import time
 
 from engine import __version__
+from engine.core.axes import RUNTIMES
 from engine.core.recipe import Recipe
+from engine.core.measurement import Latency, pct
 from engine.core.result import Result
 from engine.core.units import fmt_bytes, fmt_energy, fmt_ms, fmt_speedup
+from engine.runtimes.base import Runtime
 
 
-def measured_in(runtime: str, primary: str) -> str:
+def measured_in(runtime: Runtime) -> str:
     """The README's line on the runtime; absent for eager, so bundles written before runtimes existed still verify."""
-    if runtime == "eager":
+    if runtime.deploy_note is None:
         return ""
-    how = (": rebuild it with `engine.bundle.bundle.load_torch(<this folder>)` and run `torch.compile(model)`"
-           if runtime == "compile" else "")
-    return f"\nMeasured and verified in {runtime}: the model to deploy is `{primary}`{how}."
+    return f"\nMeasured and verified in {runtime.name}: the model to deploy is `{runtime.primary}`{runtime.deploy_note}."
 
 
 def report_html(recipe: Recipe, result: Result, card: dict, rows: list[dict]) -> str:
@@ -30,40 +31,36 @@ def report_html(recipe: Recipe, result: Result, card: dict, rows: list[dict]) ->
         rows = rows + [{"id": 0, **flatten(result)}]
     marked = frontier(rows, parse_objectives("accuracy:max,latency:min"), include_untrusted=True)["rows"]
     fig = pareto_figure(marked, "latency_p50_ms", "accuracy", current_key=recipe.key, metric_kind=result.metric_kind)
-    lat = result.latency_ms or {}
-    name = "fidelity" if result.metric_kind == "fidelity" else "accuracy"
+    lat = result.latency or Latency()
+    name = result.metric_name
     ver, store = card["verification"], card["storage"]
     metrics = [
-        (f"{name} ({'torch.compile' if recipe.runtime == 'compile' else 'PyTorch'})", f"{ver['torch_accuracy']:.4f}",
+        (f"{name} ({RUNTIMES.get(recipe.runtime).label})", f"{ver['torch_accuracy']:.4f}",
          result.metric),
         (f"{name} (ONNX Runtime)", f"{ver['onnx_accuracy']:.4f}",
          f"exported model.onnx run in ONNX Runtime {ver['onnxruntime']}"),
         (f"baseline {name}", f"{result.baseline_accuracy:.4f}", "uncompressed fp32 model"),
-        ("latency p50", fmt_ms(lat.get("p50")),
-         f"p90 {fmt_ms(lat.get('p90'))} / p99 {fmt_ms(lat.get('p99'))}; {lat.get('calls')} calls, batch "
-         f"{lat.get('batch_size')}, {lat.get('threads')} threads; {lat.get('method')}"
-         + ("; measured while the machine was busy (contended)" if lat.get("contended") else "")),
+        ("latency p50", fmt_ms(lat.p50), f"{lat.percentiles_text()}; {lat.calls_text()}; {lat.method}"
+         + (f"; measured while the machine was busy ({lat.why_contended})" if lat.contended else "")),
         ("speed-up", fmt_speedup(result.speedup),
-         f"paired with the uncompressed model in alternating blocks; spread (IQR/median) "
-         f"{(result.speedup_spread or 0):.0%}"),
+         f"paired with the uncompressed model in alternating blocks; spread (IQR/median) {pct(result.speedup_spread)}"),
         ("stored size", fmt_bytes(result.size_bytes),
          f"compressed.bin; uncompressed fp32 {fmt_bytes(store['fp32_bytes'])} ({store['compression_ratio']:.1f}x smaller)"),
-        ("peak memory", fmt_bytes(result.peak_memory_bytes), result.memory_source or ""),
-        ("energy", f"{fmt_energy(result.energy_j)} / inference", f"{result.energy_source}: {result.energy_note}"),
+        ("peak memory", fmt_bytes(result.peak_memory_bytes), result.memory_source.to_text() if result.memory_source
+         else "n/a"),
+        ("energy", f"{fmt_energy(result.energy_j)} / inference", result.energy_source.to_text() if result.energy_source
+         else "n/a"),
     ]
     esc = html.escape
     trs = "".join(f"<tr><th>{esc(a)}</th><td>{esc(b)}</td><td>{esc(c)}</td></tr>" for a, b, c in metrics)
-    kern = "".join(f"<li><b>{esc(k.step)}</b>: {esc(k.kernel)}{' (simulated)' if k.simulated else ''}</li>"
-                   for k in result.kernels)
+    kern = "".join(f"<li>{esc(k.to_text())}</li>" for k in result.kernels)
     warns = "".join(f"<li>{esc(w)}</li>" for w in result.warnings + ver["warnings"])
-    dev = result.device
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{esc(recipe.model)} · {esc(recipe.label())}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#0f172a}}
 table{{border-collapse:collapse;width:100%}}th,td{{text-align:left;padding:6px 10px;border-bottom:1px solid #e2e8f0}}
 th{{width:180px}}td:last-child{{color:#475569;font-size:90%}}.warn li{{color:#9a3412}}code{{background:#f1f5f9;padding:1px 4px}}</style>
 </head><body><h1>{esc(recipe.model)}: {esc(recipe.label())}</h1>
-<p>Recipe <code>{recipe.key}</code> · engine {__version__} · measured on {esc(str(dev.get('cpu')))}
-({dev.get('logical_cores')} cores, GPU {esc(str(dev.get('gpu') or 'none'))}, torch {esc(str(dev.get('torch')))}) ·
+<p>Recipe <code>{recipe.key}</code> · engine {__version__} · measured on {esc(result.machine.to_text())} ·
 {time.strftime('%Y-%m-%d %H:%M')}</p>
 <h2>Where it sits</h2>{fig.to_html(include_plotlyjs=True, full_html=False)}
 <h2>Metrics and how they were obtained</h2><table>{trs}</table>

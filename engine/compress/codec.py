@@ -31,6 +31,8 @@ import torch
 from engine.compress import entropy
 from engine.compress.codebook import MAX_BITS, CodebookMeta
 from engine.compress.quantize import QuantMeta, dequantize
+from engine.core.errors import RecipeError
+from engine.core.recipe import parse_json
 
 MAGIC = b"CDB1"
 _NP = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.int32: np.int32,
@@ -202,7 +204,10 @@ def read_header(buf: bytes) -> tuple[dict, int]:
         inflater = zlib.decompressobj()
         header = inflater.decompress(header, MAX_HEADER + 1)
         _need(inflater.eof and len(header) <= MAX_HEADER, "bad compressed header")
-    header = json.loads(header)
+    try:
+        header = parse_json(header, "header", limit=None)  # its size is bounded above
+    except RecipeError as exc:
+        raise CodecError(str(exc)) from None
     _need(isinstance(header, dict) and isinstance(header.get("tensors"), list), "header has no tensor list")
     _need(header.get("format") in (1, 2), "unknown format")
     return header, 8 + hlen

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from engine.compress import codec, layers, precision, prune, quantize, recover, sparse
+from engine.core.axes import PRUNE_METHODS, SCHEMES
 from engine.core.errors import NO_CUDA, UserError
 from engine.core.hardware import detect, precision_note
 from engine.core.recipe import Recipe
@@ -98,17 +99,15 @@ def apply(model: nn.Module, recipe: Recipe, spec: ModelSpec, kernels: bool = Tru
     source, model = model, copy.deepcopy(model).eval()
     out = Applied(model=model)
     overrides = layers.resolve(recipe, model)
-    step = recipe.prune
+    step, method = recipe.prune, PRUNE_METHODS.get(recipe.prune.method)
     gradual = recipe.recover.schedule == "gradual"
-    if step.method == "magnitude":
-        out.kernels.append(prune.magnitude(model, step, spec, overrides,
-                                           initial=recipe.recover.initial_sparsity if gradual else None))
-    elif step.method == "structured":
-        out.kernels.append(prune.structured(model, step, spec, overrides))
+    pruned = method.prune(model, step, spec, overrides, initial=recipe.recover.initial_sparsity if gradual else None)
+    if pruned is not None:
+        out.kernels.append(pruned)
     if recipe.recover.method != "none":
         _recover(source, out, recipe, spec, overrides)
         model = out.model
-        if step.method == "magnitude":  # the prune record states the final sparsity (a gradual schedule began lower)
+        if method.zeros_in_place:  # the prune record states the final sparsity (a gradual schedule began lower)
             names = prune.prunable_layers(model, spec)
             zeros = sum(int((m.weight == 0).sum()) for _, m in names)
             out.kernels[0].detail["zero_fraction"] = round(zeros / max(sum(m.weight.numel() for _, m in names), 1), 4)
@@ -139,13 +138,13 @@ def _recover(source: nn.Module, out: Applied, recipe: Recipe, spec: ModelSpec, o
         return
     threads = recipe.threads or detect().physical_cores  # not the contended count: re-creation must match
     plan = None
-    if recipe.prune.method == "magnitude":
+    if PRUNE_METHODS.get(recipe.prune.method).zeros_in_place:  # recovery re-applies the masks
         own, rest = prune.plan(out.model, recipe.prune, spec, overrides)
         plan = (own, rest, recipe.prune.scope, recipe.prune.amount)
     kernels = [recover.recover(out.model, source, recipe, spec, plan, threads)]
     if recipe.quantize.bits is not None:
         out.quant = quantize.to_grid(out.model, recipe.quantize, overrides)
-        if recipe.quantize.scheme == "codebook":
+        if SCHEMES.get(recipe.quantize.scheme).tunes_centroids:
             kernel, out.quant = recover.tune_codebooks(out.model, source, recipe, spec, out.quant, threads)
             kernels.append(kernel)
     out.kernels += kernels
@@ -161,7 +160,7 @@ def _select_kernels(out: Applied, recipe: Recipe, spec: ModelSpec, overrides: di
         k, w = quantize.select_kernels(out.model, recipe.quantize, recipe.device, overrides)
         out.kernels += k
         out.warnings += w
-    if recipe.prune.method != "magnitude":
+    if not PRUNE_METHODS.get(recipe.prune.method).zeros_in_place:
         return
     sparse_info = None
     if recipe.device == "cpu" and recipe.precision == "fp32":

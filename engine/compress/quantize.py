@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine.core.axes import SCHEMES
 from engine.core.hardware import detect
 from engine.core.recipe import LayerOverride, Quantize
 from engine.core.result import Kernel
@@ -111,33 +112,37 @@ def to_grid(model: nn.Module, step: Quantize, overrides: dict[str, LayerOverride
     codebook scheme, on its layer's k-means codebook), in place; return the codes for storage. Embeddings are
     half of a small transformer's parameters: left in float, an int8 MiniLM would store only 1.6x smaller
     than fp32."""
-    from engine.compress import codebook
-
+    scheme = SCHEMES.get(step.scheme)
     group = step.group_size if step.granularity == "per-group" else None
     metas: dict[str, Any] = {}
     mods = dict(model.named_modules())
     for name, bits in layer_bits(model, step, overrides).items():
         mod = mods[name]
-        if step.scheme == "codebook":
-            meta = codebook.share(mod.weight.detach().float(), bits)
-            grid = codebook.dense(meta)
-        else:
-            meta = quantize_tensor(mod.weight, bits, group)
-            grid = dequantize(meta)
+        meta, grid = scheme.to_grid(mod.weight, bits, group)
         with torch.no_grad():
             mod.weight.copy_(grid.to(mod.weight.dtype))
         metas[f"{name}.weight"] = meta
     return metas
 
 
+@dataclass(frozen=True)
+class Layers:
+    """The layers a scheme's kernels are chosen for, counted once for every scheme."""
+
+    linears: list[str]  # Linear layers the recipe quantizes
+    quantized: set[str] | None  # None: every quantizable layer (no override keeps one in float)
+    n_conv: int
+    lookup: list[Kernel]  # the embedding tables' note, empty without embeddings
+    grid: str  # e.g. "4-bit per-group (group 32)"
+
+
 def select_kernels(model: nn.Module, step: Quantize, device: str,
                    overrides: dict[str, LayerOverride] | None = None) -> tuple[list[Kernel], list[str]]:
-    """Run the grid weights on the fastest real path: int8 GEMM for `dynamic` Linear layers; everything
-    else runs dequantized, and says so. A layer an override keeps in float stays on the float kernel."""
+    """Run the grid weights on the fastest real path the scheme has (int8 GEMM for `dynamic` Linear layers);
+    everything else runs dequantized, and says so. A layer an override keeps in float stays on the float kernel."""
     quantized = set(layer_bits(model, step, overrides)) if overrides else None
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)
                and (quantized is None or n in quantized)]
-    n_linear = len(linears)
     n_conv = sum(isinstance(m, QUANTIZABLE) and not isinstance(m, nn.Linear) and (quantized is None or n in quantized)
                  for n, m in model.named_modules())
     n_emb = sum(isinstance(m, nn.Embedding) for m in model.modules())
@@ -145,39 +150,49 @@ def select_kernels(model: nn.Module, step: Quantize, device: str,
         "layers": n_emb, "why": "a lookup reads one row per token: float or int8 rows cost the same time; the "
                                 "stored size counts the packed codes"})] if n_emb else []
     grid = f"{step.bits}-bit {step.granularity}" + (f" (group {step.group_size})" if step.granularity == "per-group" else "")
-    if step.scheme == "codebook":
-        return ([Kernel("quantize", "codebook weights decoded to float (no lookup kernel)", simulated=True,
-                        detail={"layers": n_linear + n_conv, "centroids": 2 ** step.bits})] + lookup,
-                [f"{step.bits}-bit codebook (k-means weight sharing) runs decoded to float on {device}: latency is "
-                 "that of the float model; size counts entropy-coded indices and codebooks"])
-    if step.scheme != "dynamic":
-        return ([Kernel("quantize", "dequantized float weights", simulated=True,
-                        detail={"layers": n_linear + n_conv, "grid": grid})] + lookup,
-                [f"{step.bits}-bit weight-only quantization runs dequantized on {device}: latency is simulated "
-                 "(that of the float model); size counts the packed codes"])
+    return SCHEMES.get(step.scheme).select_kernels(model, step, device, Layers(linears, quantized, n_conv, lookup, grid))
+
+
+def codebook_kernels(step: Quantize, device: str, layers: Layers) -> tuple[list[Kernel], list[str]]:
+    return ([Kernel("quantize", "codebook weights decoded to float (no lookup kernel)", simulated=True,
+                    detail={"layers": len(layers.linears) + layers.n_conv, "centroids": 2 ** step.bits})]
+            + layers.lookup,
+            [f"{step.bits}-bit codebook (k-means weight sharing) runs decoded to float on {device}: latency is "
+             "that of the float model; size counts entropy-coded indices and codebooks"])
+
+
+def dequantized_kernels(step: Quantize, device: str, layers: Layers) -> tuple[list[Kernel], list[str]]:
+    return ([Kernel("quantize", "dequantized float weights", simulated=True,
+                    detail={"layers": len(layers.linears) + layers.n_conv, "grid": layers.grid})] + layers.lookup,
+            [f"{step.bits}-bit weight-only quantization runs dequantized on {device}: latency is simulated "
+             "(that of the float model); size counts the packed codes"])
+
+
+def int8_dynamic_kernels(model: nn.Module, step: Quantize, layers: Layers) -> tuple[list[Kernel], list[str]]:
+    """Linear layers onto torch.ao's int8 dynamic GEMM, in place; convolutions stay dequantized."""
     import torch.ao.nn.quantized.dynamic as nnqd
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's deprecation notice; its kernel is still the fastest here
-        spec = {nn.Linear: per_channel_dynamic_qconfig} if quantized is None else \
-            {n: per_channel_dynamic_qconfig for n in linears}
+        spec = {nn.Linear: per_channel_dynamic_qconfig} if layers.quantized is None else \
+            {n: per_channel_dynamic_qconfig for n in layers.linears}
         quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
     for m in model.modules():
         if type(m) is nnqd.Linear:
             m.__class__ = FullRangeDynamicLinear
     isa = "VNNI" if detect().cpu_int8_vnni else "AVX2"
     kernels = [Kernel("quantize", f"int8 dynamic GEMM (torch.ao quantize_dynamic, {torch.backends.quantized.engine}, "
-                      f"{isa})", detail={"layers": n_linear, "grid": grid})]
-    kernels += lookup
+                      f"{isa})", detail={"layers": len(layers.linears), "grid": layers.grid})]
+    kernels += layers.lookup
     warns = []
     if step.bits < 8:
         warns.append(f"{step.bits}-bit weights are unpacked to int8 for the int8 kernel: latency is that of int8, "
                      f"size counts packed {step.bits}-bit codes")
-    if n_conv:
+    if layers.n_conv:
         kernels.append(Kernel("quantize", "dequantized float conv", simulated=True,
-                              detail={"layers": n_conv, "grid": grid}))
-        warns.append(f"{n_conv} conv layer(s) have no dynamic int8 kernel: they run dequantized "
+                              detail={"layers": layers.n_conv, "grid": layers.grid}))
+        warns.append(f"{layers.n_conv} conv layer(s) have no dynamic int8 kernel: they run dequantized "
                      "(their share of the latency is simulated)")
     return kernels, warns
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from engine.core.axes import SCHEMES
 from engine.core.errors import UserError
 from engine.core.recipe import Recipe
 from engine.core.result import Kernel
@@ -187,7 +188,7 @@ def recover(model: nn.Module, teacher: nn.Module, recipe: Recipe, spec: ModelSpe
 
     check(recipe, spec)
     r = recipe.recover
-    steps = r.steps - (round(r.steps * CODEBOOK_SHARE) if recipe.quantize.scheme == "codebook" else 0)
+    steps = r.steps - (round(r.steps * CODEBOOK_SHARE) if SCHEMES.get(recipe.quantize.scheme).tunes_centroids else 0)
     previous = torch.get_num_threads()
     torch.manual_seed(SEED)
     torch.set_num_threads(threads)

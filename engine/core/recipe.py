@@ -9,22 +9,22 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+from collections.abc import Hashable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Callable
 
+from engine.core.axes import PRUNE_METHODS, RUNTIMES, SCHEMES
 from engine.core.errors import RecipeError
+from engine.core.registry import Registry
 
 # 2 added `runtime` (version 1 reads as "eager"); 3 added `threads` (older: all cores); 4 added per-layer
 # overrides (`layers`) and recovery (`recover`); older versions read as none of either.
 RECIPE_VERSION = 4
 READ_VERSIONS = (1, 2, 3, 4)
-PRUNE_METHODS = ("none", "magnitude", "structured")
 PRUNE_SCOPES = ("global", "layer")
 MAX_PRUNE = 0.99
 MAX_FINETUNE = 50
 BITS = (2, 3, 4, 5, 6, 7, 8)
-# codebook: Deep Compression's weight sharing, 2**bits k-means centroids per layer (stored as indices + codebook).
-SCHEMES = ("weight-only", "dynamic", "codebook")
 GRANULARITIES = ("per-channel", "per-group", "per-layer")
 RECOVER_METHODS = ("none", "finetune", "distill")
 SCHEDULES = ("one-shot", "gradual")
@@ -32,17 +32,16 @@ MAX_STEPS = 20_000
 MAX_LAYER_OVERRIDES = 256
 PRECISIONS = ("fp32", "fp16", "bf16")
 DEVICES = ("cpu", "cuda")
-# eager: PyTorch as the engine runs it; compile: the same model through torch.compile (inductor);
-# onnxruntime: the compressed model exported to ONNX and run in ONNX Runtime's CPU provider.
-RUNTIMES = ("eager", "compile", "onnxruntime")
+# PRUNE_METHODS, SCHEMES and RUNTIMES (imported above) are registries, filled by the modules that implement
+# them (engine.compress.methods, engine.compress.schemes, engine.runtimes); `_choice` reads their names.
 MAX_THREADS = 1024
 MAX_BATCH = 4096
 MAX_MODEL_NAME = 300
 MAX_RECIPE_BYTES = 1_000_000  # a recipe file is a few hundred bytes; anything this large is not one
 
 
-def _choice(field_name: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
+def _choice(field_name: str, value: Any, allowed: tuple | Registry) -> None:
+    if not isinstance(value, Hashable) or value not in allowed:
         raise RecipeError(f"{field_name}={value!r} is not allowed: choose one of {', '.join(map(str, allowed))}")
 
 
@@ -234,9 +233,10 @@ class Recipe:
         _choice("precision", self.precision, PRECISIONS)
         _choice("device", self.device, DEVICES)
         _choice("runtime", self.runtime, RUNTIMES)
-        if self.runtime == "onnxruntime" and self.device != "cpu":
-            raise RecipeError("runtime=onnxruntime with device=cuda cannot run: the installed ONNX Runtime has the CPU "
-                              "provider only; use device cpu or runtime eager")
+        runtime = RUNTIMES.get(self.runtime)
+        if self.device not in runtime.devices:
+            raise RecipeError(f"runtime={self.runtime} with device={self.device} cannot run: {runtime.devices_note}; "
+                              f"use device {' or '.join(runtime.devices)} or runtime eager")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) \
                 or not 1 <= self.batch_size <= MAX_BATCH:
             raise RecipeError(f"batch_size={self.batch_size!r} is not allowed: an integer 1 to {MAX_BATCH}")
@@ -326,35 +326,34 @@ class Recipe:
         return cls.from_dict(parse_json(text, "recipe"))
 
     @classmethod
-    def from_fields(cls, model: str, *, prune: float = 0.0, prune_method: str = "magnitude",
-                    prune_scope: str = "global", finetune_epochs: int = 0, bits: int | None = None,
-                    scheme: str | None = None, granularity: str = "per-channel", group_size: int = 32,
-                    precision: str = "fp32", device: str = "cpu", batch_size: int = 1,
-                    runtime: str = "eager", threads: int | None = None,
-                    layers: dict[str, dict[str, Any]] | None = None,
-                    recover: dict[str, Any] | None = None) -> "Recipe":
+    def from_fields(cls, model: str, *, recover: dict[str, Any] | None = None, **given: Any) -> "Recipe":
         """The one way flat controls (CLI flags, dashboard widgets, sweep axes) become a Recipe.
 
-        A zero amount means no pruning whatever the method; `scheme=None` picks the fastest real path."""
-        amount = prune
+        The keywords and their defaults are FIELDS' (those without a `part`); `recover` is the object of the
+        fields whose part is "recover". A zero amount means no pruning whatever the method; `scheme=None` picks
+        the fastest real path."""
+        unknown = sorted(set(given) - set(FLAT_DEFAULTS))
+        if unknown:
+            raise RecipeError(f"unknown recipe field(s) {', '.join(unknown)}: allowed {', '.join(FLAT_DEFAULTS)}")
+        f = {**FLAT_DEFAULTS, **given}
         # Every given value is checked, also those the canonical form then drops (a method at amount 0,
         # a scheme without bits): a typo is refused, never silently ignored.
-        _choice("prune.method", prune_method, PRUNE_METHODS)
-        _choice("prune.scope", prune_scope, PRUNE_SCOPES)
-        Prune("magnitude", 0.5, prune_scope, finetune_epochs)
-        if scheme is not None:
-            _choice("quantize.scheme", scheme, SCHEMES)
-        Quantize(8, "weight-only", granularity, group_size)
-        Quantize(8, "weight-only", "per-group", group_size)
-        pruned_layers = any(isinstance(o, dict) and o.get("prune") for o in (layers or {}).values())
-        keep = amount or pruned_layers
+        _choice("prune.method", f["prune_method"], PRUNE_METHODS)
+        _choice("prune.scope", f["prune_scope"], PRUNE_SCOPES)
+        Prune("magnitude", 0.5, f["prune_scope"], f["finetune_epochs"])
+        if f["scheme"] is not None:
+            _choice("quantize.scheme", f["scheme"], SCHEMES)
+        Quantize(8, "weight-only", f["granularity"], f["group_size"])
+        Quantize(8, "weight-only", "per-group", f["group_size"])
+        layers = f["layers"] or {}
+        keep = f["prune"] or any(isinstance(o, dict) and o.get("prune") for o in layers.values())
         return cls(model=model,
-                   prune=Prune(prune_method if keep else "none", amount, prune_scope,
-                               finetune_epochs if keep else 0),
-                   quantize=Quantize(bits=bits, scheme=scheme or default_scheme(precision, device),
-                                     granularity=granularity, group_size=group_size),
-                   precision=precision, device=device, batch_size=batch_size, runtime=runtime, threads=threads,
-                   layers=layers or (), recover=recover or Recover())
+                   prune=Prune(f["prune_method"] if keep else "none", f["prune"], f["prune_scope"],
+                               f["finetune_epochs"] if keep else 0),
+                   quantize=Quantize(bits=f["bits"], scheme=f["scheme"] or default_scheme(f["precision"], f["device"]),
+                                     granularity=f["granularity"], group_size=f["group_size"]),
+                   precision=f["precision"], device=f["device"], batch_size=f["batch_size"], runtime=f["runtime"],
+                   threads=f["threads"], layers=layers or (), recover=recover or Recover())
 
     @property
     def key(self) -> str:
@@ -401,16 +400,147 @@ def default_scheme(precision: str, device: str) -> str:
     return "dynamic" if precision == "fp32" and device == "cpu" else "weight-only"
 
 
-def parse_json(text: str | bytes, what: str) -> Any:
-    """json.loads with the failures a hostile file can cause turned into one-line RecipeErrors."""
-    if len(text) > MAX_RECIPE_BYTES:
-        raise RecipeError(f"{what} is {len(text):,} bytes: too large to be one (limit {MAX_RECIPE_BYTES:,})")
+def names(axis: str) -> tuple[str, ...]:
+    """The names a registry-backed axis allows ("runtime", "prune_method", "scheme"), in registration order:
+    the field table's choices (the CLI's help) read them here, when asked (a registry fills on first use)."""
+    return {"runtime": RUNTIMES, "prune_method": PRUNE_METHODS, "scheme": SCHEMES}[axis].names()
+
+
+def parse_amount(text: str) -> float:
+    """A number typed as text (a flag's value); ValueError names the text."""
     try:
-        return json.loads(text)
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{text[:40]!r} is not a number") from None
+
+
+def parse_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{text[:40]!r} is not an integer") from None
+
+
+def parse_bits(text: str) -> int | None:
+    if text.lower() in ("none", "fp"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{text[:40]!r} is not allowed: choose none or an integer {BITS[0]} to {BITS[-1]}") from None
+
+
+def parse_layers(text: str) -> dict[str, Any]:
+    """Per-layer overrides typed as a JSON object."""
+    try:
+        value = parse_json(text, "--layers")
+    except RecipeError as exc:
+        raise ValueError(str(exc)) from None
+    if not isinstance(value, dict):
+        raise ValueError("give a JSON object {layer name or pattern: {prune, bits}}")
+    return value
+
+
+@dataclass(frozen=True)
+class Field:
+    """One flat control of a recipe. The CLI's flags, `from_fields`' defaults and a sweep's axes are generated
+    from FIELDS, so a field is declared once."""
+
+    name: str  # the keyword of Recipe.from_fields (or, with `part`, the key in that part's object)
+    default: Any
+    help: str
+    parse: Callable[[str], Any] | None = str  # a flag's text -> value (ValueError names the text); None: a switch
+    choices: Callable[[], tuple[str, ...]] | None = None  # allowed names, read when asked (registries fill late)
+    flag: str = ""  # default: --name with dashes
+    part: str | None = None  # "recover": a key of from_fields' `recover` object
+    grid: str | None = None  # expand_grid's keyword, where a sweep takes this field
+    many: bool = False  # a sweep takes a comma-separated list of values (an axis of its grid)
+    metavar: str | None = None
+
+    @property
+    def option(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    @property
+    def dest(self) -> str:
+        return self.option[2:].replace("-", "_")
+
+    def describe(self) -> str:
+        """The help text, with the allowed names where the field has them."""
+        if self.choices is None:
+            return self.help
+        allowed = f"one of {', '.join(self.choices())}"
+        return f"{self.help}: {allowed}" if self.help else allowed
+
+
+def _methods() -> tuple[str, ...]:
+    """The prune methods that remove something (a flag's amount 0 already means no pruning)."""
+    return tuple(name for name, method in PRUNE_METHODS.items() if method.prunes)
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("prune", 0.0, "fraction of weights/channels to remove, 0-0.99", parse_amount, grid="prune", many=True),
+    Field("prune_method", "magnitude", "how: magnitude zeroes weights, structured removes channels/heads",
+          choices=_methods, grid="methods", many=True),
+    Field("prune_scope", "global", "amounts over the whole model or per layer", choices=lambda: PRUNE_SCOPES),
+    Field("finetune_epochs", 0, "retrain this many epochs after pruning", parse_int, grid="finetune_epochs"),
+    Field("bits", None, f"none or {BITS[0]}-{BITS[-1]}", parse_bits, grid="bits", many=True),
+    Field("scheme", None, "default: dynamic (a real int8 kernel) at fp32 on cpu, weight-only otherwise",
+          choices=lambda: names("scheme"), grid="schemes", many=True),
+    Field("granularity", "per-channel", "", choices=lambda: GRANULARITIES, grid="granularity"),
+    Field("group_size", 32, "weights per scale with per-group", parse_int, grid="group_size"),
+    Field("precision", "fp32", "", choices=lambda: PRECISIONS, grid="precisions", many=True),
+    Field("device", "cpu", "", choices=lambda: DEVICES, grid="device"),
+    Field("batch_size", 1, "inputs per call", parse_int, grid="batch_size", many=True),
+    Field("runtime", "eager", "", choices=lambda: names("runtime"), grid="runtimes", many=True),
+    Field("threads", None, "intra-op threads (default: physical cores)", parse_int, grid="threads", many=True),
+    Field("layers", None, 'per-layer overrides, e.g. \'{"fc1": {"prune": 0.2}, "conv*": {"bits": "none"}}\' (exact '
+          "names win over patterns; see `sensitivity` for the names)", parse_layers, metavar="JSON"),
+    Field("method", Recover.method, "retrain after compressing", choices=lambda: RECOVER_METHODS, flag="--recover",
+          part="recover"),
+    Field("steps", Recover.steps, "optimizer steps of the recovery", parse_int, flag="--recover-steps",
+          part="recover"),
+    Field("lr", Recover.lr, "learning rate (default: the model's)", parse_amount, flag="--recover-lr",
+          part="recover"),
+    Field("schedule", Recover.schedule, "gradual: magnitude sparsity raised from --initial-sparsity along a cubic "
+          "ramp", choices=lambda: SCHEDULES, part="recover"),
+    Field("initial_sparsity", Recover.initial_sparsity, "with --schedule gradual: the sparsity the ramp starts from",
+          parse_amount, part="recover"),
+    Field("qat", Recover.qat, "train through fake-quantized weights (straight-through)", None, part="recover"),
+    Field("temperature", Recover.temperature, "distillation temperature (classifiers)", parse_amount,
+          part="recover"),
+)
+FLAT_DEFAULTS: dict[str, Any] = {f.name: f.default for f in FIELDS if f.part is None}
+
+
+class _DuplicateKey(ValueError):
+    """Raised inside the parser (which knows no file name); parse_json names the file."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object that names a key twice is refused: parsers disagree on which value wins, so a file could
+    say one thing to this tool and another to whoever checks it."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def parse_json(text: str | bytes, what: str, limit: int | None = MAX_RECIPE_BYTES) -> Any:
+    """json.loads for every JSON this tool reads, with the failures a hostile file can cause (a duplicated key
+    included) turned into one-line RecipeErrors. `limit` bounds the size (None: the caller bounded it)."""
+    if limit is not None and len(text) > limit:
+        raise RecipeError(f"{what} is {len(text):,} bytes: too large to be one (limit {limit:,})")
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise RecipeError(f"{what} names the key {str(exc)[:60]!r} twice: keep only one") from None
     except json.JSONDecodeError as exc:
         raise RecipeError(f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
-        raise RecipeError(f"{what} is nested too deeply to be one") from None
+        raise RecipeError(f"{what} is not valid JSON: nested too deeply") from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise RecipeError(f"{what} is not valid JSON text: {exc}") from None
 

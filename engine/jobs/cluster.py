@@ -20,15 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.core.errors import UserError
-from engine.core.recipe import Recipe
+from engine.core.errors import RecipeError, UserError
+from engine.core.install import source_checkout
+from engine.core.recipe import Recipe, parse_json
 from engine.core.result import Result
 from engine.results.store import Store
 from engine.jobs.sweep import Step, SweepSummary, todo
 
-ROOT = Path(__file__).resolve().parents[2]
 SHIMS = Path(__file__).resolve().parent / "shims"
-RAY_MISSING = "--executor ray needs Ray: pip install -r requirements-ray.txt"
+RAY_MISSING = "--executor ray needs Ray: pip install 'compression-dash[ray]' (or -r requirements-ray.txt)"
 # What a worker node does not need of the project: the working directory Ray ships to each node.
 EXCLUDES = [".git", ".venv", "artifacts", "*.db", "*.db-*", "*.db.models", "__pycache__", ".pytest_cache", "tests"]
 
@@ -45,9 +45,9 @@ class ClusterOptions:
     @classmethod
     def parse(cls, address: str | None, resources: str | None, labels: list[str] | None) -> "ClusterOptions":
         try:
-            res = json.loads(resources) if resources else {}
-        except json.JSONDecodeError:
-            raise UserError(f"--resources {resources[:60]!r} is not JSON: e.g. '{{\"GPU\": 1}}'") from None
+            res = parse_json(resources, f"--resources {resources[:60]!r}") if resources else {}
+        except RecipeError as exc:
+            raise UserError(f"{exc}: e.g. '{{\"GPU\": 1}}'") from None
         if not isinstance(res, dict) or not all(isinstance(v, (int, float)) and v > 0 for v in res.values()):
             raise UserError(f"--resources {str(resources)[:60]!r}: give positive amounts, e.g. '{{\"GPU\": 1}}'")
         pairs = {}
@@ -91,7 +91,10 @@ def connect(options: ClusterOptions) -> Any:
     env = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
     if "PYTHONPATH" in os.environ and str(SHIMS) in os.environ["PYTHONPATH"]:
         env["PYTHONPATH"] = str(SHIMS)
-    runtime_env = {"working_dir": str(ROOT), "excludes": EXCLUDES, "env_vars": env}
+    runtime_env: dict[str, Any] = {"env_vars": env}
+    checkout = source_checkout()
+    if checkout is not None:  # nodes run this checkout's code; an installed package: each node's own install
+        runtime_env.update(working_dir=str(checkout), excludes=EXCLUDES)
     try:
         with _quiet_fd2():  # Ray's C++ client retries loudly on stderr; the outcome is said in one line below
             ray.init(address=options.address or "local", runtime_env=runtime_env, logging_level="ERROR",
@@ -173,7 +176,7 @@ def _start(ray: Any, slot: _Slot) -> None:
 
 
 def _failed(recipe: Recipe, device: dict[str, Any], profile: str, error: str) -> Result:
-    return Result(model=recipe.model, recipe=recipe.to_dict(), device=device, profile=profile, error=error,
+    return Result(model=recipe.model, recipe=recipe.to_dict(), machine=device, profile=profile, error=error,
                   measured_at=time.time())
 
 
@@ -258,7 +261,8 @@ class _Dispatch:
 
 
 class ClusterJob:
-    """A cluster sweep running in its own process (see `main`), watched through the rows it writes."""
+    """A cluster sweep running in its own process (see `main`), watched through the rows it writes (a Job, see
+    engine.jobs.command)."""
 
     def __init__(self, recipes: list[Recipe], db: str, options: ClusterOptions, profile: str) -> None:
         import subprocess
@@ -272,7 +276,18 @@ class ClusterJob:
         self.log = self.dir / "log.txt"
         with open(self.log, "wb") as log:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen([sys.executable, "-m", "engine.jobs.cluster", str(self.dir / "job.json")],
-                                         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def result(self) -> dict[str, Any] | None:
+        """Once the driver finished well: per machine, the configurations stored of the grid."""
+        return None if self.proc.poll() != 0 else self.progress()
+
+    def error(self) -> str | None:
+        return self.progress()["error"]
 
     def stop(self) -> None:
         """End the driver and what it started; stored rows stay, and the same grid resumes from them."""
@@ -308,9 +323,9 @@ class ClusterJob:
 def main(argv: list[str]) -> int:
     """`python -m engine.jobs.cluster JOB.json`: the dashboard's cluster sweep, in a process of its own so the
     page stays responsive and Stop can end it at any moment (every row so far is kept; running it again resumes)."""
-    job = json.loads(Path(argv[0]).read_text())
-    options = ClusterOptions(job.get("address"), job.get("resources") or {}, job.get("labels") or {})
     try:
+        job = parse_json(Path(argv[0]).read_text(), f"job file {argv[0]}", limit=None)
+        options = ClusterOptions(job.get("address"), job.get("resources") or {}, job.get("labels") or {})
         with Store(job["db"]) as store:
             summary = run([Recipe.from_dict(r) for r in job["recipes"]], store, options, job["profile"])
     except UserError as exc:

@@ -5,8 +5,10 @@ layers sensitivity ranks most sensitive, bits, precision, recovery); each trial 
 ordinary row, so it joins the frontier like any other point. The constraint (accuracy >= threshold) is
 Optuna's constraints_func, so infeasible trials still teach the sampler. The study lives in the results
 database file itself (Optuna's own tables beside the store's), so an interrupted search resumes where it was.
-A `latency` objective is the paired speed-up's reciprocal (baseline latency = 1): trials measured minutes
-apart on a shared machine still compare like with like.
+The `relative_latency` objective is the configuration's latency relative to the uncompressed model's, read
+from the paired speed-up (1 / speed-up; the baseline is 1): trials measured minutes apart on a shared machine
+still compare like with like. (The frontier's `latency` is the p50 in ms; before the two were told apart the
+search called this one `latency` too, a spelling it still accepts.)
 """
 from __future__ import annotations
 
@@ -14,38 +16,43 @@ import hashlib
 import json
 import logging
 import math
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from engine.core.errors import UserError
 from engine.core.recipe import Recipe
 from engine.results import pareto
-from engine.jobs.command import write_progress
+from engine.core.summaries import SearchSummary
+from engine.jobs.command import run_file, write_progress
 from engine.measure.latency import check_profile
 from engine.results.store import Store
 
-DEFAULT_OBJECTIVES = "latency:min,size:min"
+DEFAULT_OBJECTIVES = "relative_latency:min,size:min"
 SENSITIVE_LAYERS = 4  # layers given an amount of their own in the search space (the most sensitive ones)
 LAYER_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25)
 MAX_TRIALS = 10_000
 MAX_BUDGET_S = 7 * 24 * 3600.0
 SEED = 0
-# Objective -> (value read from a result, what it means); all minimised.
+# Objective -> the value the search minimises, read from a result.
 VALUES: dict[str, Callable[[Any], float | None]] = {
-    "latency": lambda r: 1.0 / r.speedup if r.speedup else None,
-    "speedup": lambda r: 1.0 / r.speedup if r.speedup else None,
+    "relative_latency": lambda r: 1.0 / r.speedup if r.speedup else None,
     "size": lambda r: float(r.size_bytes) if r.size_bytes is not None else None,
     "memory": lambda r: float(r.peak_memory_bytes) if r.peak_memory_bytes is not None else None,
     "energy": lambda r: r.energy_j,
     "params": lambda r: float(r.params_nonzero) if r.params_nonzero is not None else None,
+    "speedup": lambda r: 1.0 / r.speedup if r.speedup else None,
     "accuracy": lambda r: -r.accuracy if r.accuracy is not None else None,
 }
+SENSES = {name: ("max" if name in ("speedup", "accuracy") else "min") for name in VALUES}  # as a person names them
+OLD_NAMES = {"latency": "relative_latency"}  # still accepted: on the command line, the Search page, in studies
 
 
 def check(objectives: str, trials: int | None, budget_s: float | None) -> list[pareto.Objective]:
     """The objectives and the stopping rule (exactly one of trials / budget), or a one-line UserError."""
-    objs = pareto.parse_objectives(objectives)
+    objs = pareto.parse_objectives(objectives, {n: (n, sense) for n, sense in SENSES.items()}, OLD_NAMES)
     if (trials is None) == (budget_s is None):
         raise UserError("give one stopping rule: --trials N (the study's total) or --budget-s SECONDS (this run)")
     if trials is not None and (isinstance(trials, bool) or not isinstance(trials, int) or not 1 <= trials <= MAX_TRIALS):
@@ -57,9 +64,45 @@ def check(objectives: str, trials: int | None, budget_s: float | None) -> list[p
 
 
 def study_name(model: str, objectives: list[pareto.Objective], threshold: float, device_id: str) -> str:
-    """One study per (model, objectives, threshold, machine): the same command resumes it."""
-    key = json.dumps([model, [o.name for o in objectives], round(threshold, 6), device_id])
+    """One study per (model, objectives, threshold, machine): the same command resumes it (a study begun
+    under an objective's old spelling too)."""
+    spelled = {new: old for old, new in OLD_NAMES.items()}
+    key = json.dumps([model, [spelled.get(o.name, o.name) for o in objectives], round(threshold, 6), device_id])
     return "search-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class SearchTask:
+    """A search as a job file holds it (see engine.jobs.command): run in this process or in one of its own."""
+
+    module: ClassVar[str] = "engine.jobs.search"
+    model: str
+    db: str
+    min_accuracy: str
+    objectives: str = DEFAULT_OBJECTIVES
+    trials: int | None = None
+    budget_s: float | None = None
+    profile: str = "quick"
+
+    def check(self) -> None:
+        """What can be refused before any model loads (a front end checks this before it starts a process)."""
+        check(self.objectives, self.trials, self.budget_s)
+        check_profile(self.profile)
+        pareto.parse_min_accuracy(self.min_accuracy, 1.0)
+
+    def run(self, progress_file: str | Path | None = None,
+            on_trial: Callable[[dict[str, Any]], None] | None = None,
+            should_stop: Callable[[], bool] = lambda: False) -> SearchSummary:
+        from engine.models import get_spec
+
+        check(self.objectives, self.trials, self.budget_s)
+        check_profile(self.profile)
+        get_spec(self.model)
+        return SearchSummary.from_dict(run(self.model, self.db, self.min_accuracy, self.objectives, self.trials,
+                                           self.budget_s, self.profile, on_trial, should_stop, progress_file))
+
+    def read(self, data: dict[str, Any]) -> SearchSummary:
+        return SearchSummary.from_dict(data)
 
 
 class Space:
@@ -241,7 +284,7 @@ def _summary(study: Any, objs: list[pareto.Objective], threshold: float, baselin
             "feasible": len(feasible), "failed": sum(1 for t in all_trials if t.state == TrialState.FAIL
                                                      and "error" in t.user_attrs),
             "found": found,
-            "latency_means": "latency = 1 / paired speed-up against the uncompressed model (baseline = 1)"}
+            "latency_means": "relative_latency = 1 / paired speed-up against the uncompressed model (baseline = 1)"}
 
 
 def _shown(name: str, value: float) -> float:
@@ -251,3 +294,7 @@ def _shown(name: str, value: float) -> float:
     if name == "accuracy":
         return -value
     return value
+
+
+if __name__ == "__main__":
+    sys.exit(run_file(SearchTask, sys.argv[1:]))

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
+from engine.core.axes import PRUNE_METHODS
 from engine.core.errors import UserError
-from engine.core.recipe import BITS, MAX_PRUNE, Prune, Quantize, Recipe
+from engine.core.recipe import BITS, MAX_PRUNE, Prune, Quantize, Recipe, parse_json
+from engine.core.summaries import Sensitivity
+from engine.jobs.command import run_file
 
 TECHNIQUES = ("prune", "quantize")
 DEFAULT_LEVELS = {"prune": (0.3, 0.5, 0.7, 0.9), "quantize": (8, 4, 3, 2)}
@@ -30,8 +35,9 @@ def check_levels(technique: str, levels: list | tuple | None, method: str = "mag
     """The levels to probe (defaults per technique), each checked as a recipe value would be."""
     if technique not in TECHNIQUES:
         raise UserError(f"technique={str(technique)[:40]!r} is not allowed: choose prune or quantize")
-    if technique == "prune" and method not in ("magnitude", "structured"):
-        raise UserError(f"prune method {str(method)[:40]!r} is not allowed: choose magnitude or structured")
+    methods = [m for m, e in PRUNE_METHODS.items() if e.prunes]
+    if technique == "prune" and (not isinstance(method, str) or method not in methods):
+        raise UserError(f"prune method {str(method)[:40]!r} is not allowed: choose {' or '.join(methods)}")
     levels = tuple(levels) if levels else DEFAULT_LEVELS[technique]
     for v in levels:
         if technique == "prune" and (isinstance(v, bool) or not isinstance(v, (int, float))
@@ -164,7 +170,53 @@ def load(db: str | Path, model: str, technique: str, device_id: str, levels: tup
     for row in rows:
         if (levels is None or row["levels"] == json.dumps(list(levels))) and (method is None or row["method"] == method):
             try:
-                return json.loads(row["result_json"])
+                return parse_json(row["result_json"], "a stored sensitivity", limit=None)
             except ValueError:
                 continue
     return None
+
+
+@dataclass(frozen=True)
+class SensitivityTask:
+    """A sensitivity scan as a job file holds it (see engine.jobs.command): read from the store unless `fresh`."""
+
+    module: ClassVar[str] = "engine.jobs.sensitivity"
+    model: str
+    db: str
+    technique: str = "prune"
+    levels: list | None = None  # None: the technique's defaults
+    method: str = "magnitude"
+    fresh: bool = False
+
+    def run(self, progress_file: str | Path | None = None,
+            on_progress: Callable[[int, int, str], None] | None = None) -> Sensitivity:
+        from engine.jobs.command import write_progress
+        from engine.measure.fingerprint import fingerprint
+        from engine.models import get_spec
+        from engine.results.store import Store
+
+        def progress(i: int, n: int, layer: str) -> None:
+            write_progress(progress_file, {"done": i, "total": n, "layer": layer})
+            if on_progress:
+                on_progress(i, n, layer)
+
+        levels = check_levels(self.technique, self.levels, self.method)
+        get_spec(self.model)
+        with Store(self.db):  # created (or upgraded) before the first probe: a bad path costs nothing
+            pass
+        method = self.method if self.technique == "prune" else "weight-only"
+        if not self.fresh:
+            hit = load(self.db, self.model, self.technique, fingerprint()["id"], levels, method)
+            if hit is not None:
+                return Sensitivity.from_dict({**hit, "from_store": True})
+        out = measure(self.model, self.technique, levels, method, progress)
+        save(self.db, out)
+        write_progress(progress_file, {"done": len(out["layers"]), "total": len(out["layers"]), "finished": True})
+        return Sensitivity.from_dict({**out, "from_store": False})
+
+    def read(self, data: dict[str, Any]) -> Sensitivity:
+        return Sensitivity.from_dict(data)
+
+
+if __name__ == "__main__":
+    sys.exit(run_file(SensitivityTask, sys.argv[1:]))

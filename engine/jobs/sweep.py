@@ -15,6 +15,7 @@ from typing import Callable, Iterable, Iterator
 from engine.core.errors import RecipeError, UserError
 from engine.core.recipe import DEVICES, PRECISIONS, PRUNE_METHODS, RUNTIMES, SCHEMES, Prune, Quantize, Recipe
 from engine.core.result import Result
+from engine.core.summaries import Value
 from engine.measure.fingerprint import fingerprint
 from engine.results.store import Store
 
@@ -77,7 +78,9 @@ def expand_grid(model: str, prune: Iterable[float] = (0.0,), methods: Iterable[s
 
 
 @dataclass
-class SweepSummary:
+class SweepSummary(Value):
+    """What a sweep did: configurations measured (failed, contended), already stored, and how long it took."""
+
     total: int
     skipped_existing: int = 0
     measured: int = 0
@@ -86,6 +89,17 @@ class SweepSummary:
     stopped: bool = False
     row_ids: list[int] = field(default_factory=list)
     wall_s: float = 0.0
+    db: str | None = None  # the store the rows went to
+    skipped_combinations: list[str] = field(default_factory=list)  # why grid points could not be recipes
+
+    def to_text(self) -> str:
+        lines = [f"{self.measured} measured ({self.failed} failed, {self.contended} contended), "
+                 f"{self.skipped_existing} already in {self.db}, {self.total} in the grid, {self.wall_s:.1f} s"
+                 + ("; stopped early" if self.stopped else "")]
+        if self.contended:
+            lines.append("contended rows were measured while other work used the CPU: run again with "
+                         "--remeasure-contended when the machine is quiet")
+        return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -117,7 +131,7 @@ def measure_one(recipe: Recipe, profile: str) -> Result:
     try:
         return run_recipe(recipe, profile=profile)
     except UserError as exc:  # e.g. a cuda recipe on a machine without a GPU: recorded, the sweep goes on
-        return Result(model=recipe.model, recipe=recipe.to_dict(), device=fingerprint(), profile=profile,
+        return Result(model=recipe.model, recipe=recipe.to_dict(), machine=fingerprint(), profile=profile,
                       error=str(exc))
 
 

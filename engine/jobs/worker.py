@@ -34,7 +34,6 @@ from engine.models.registry import ModelInfo
 from engine.core.recipe import Recipe
 from engine.core.result import Result
 
-ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 120.0
 CRASHED = "the measuring process stopped while running this configuration (exit code {code})"
 
@@ -237,9 +236,8 @@ class Worker:
             key = secrets.token_bytes(32)
             with Listener(("127.0.0.1", 0), authkey=key) as listener:
                 host, port = listener.address
-                env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
                 self._proc = subprocess.Popen([sys.executable, "-m", "engine.jobs.worker", host, str(port)],
-                                              cwd=str(ROOT), env=env, stdin=subprocess.PIPE)
+                                              stdin=subprocess.PIPE)
                 self._proc.stdin.write(key.hex().encode() + b"\n")
                 self._proc.stdin.close()
                 accepted: list[Connection] = []
@@ -414,7 +412,7 @@ def _record_crash(recipe: dict, db: str, profile: str, error: str) -> int | None
 
     try:
         with Store(db) as store:
-            return store.put(Result(model=recipe["model"], recipe=recipe, device=fingerprint(), profile=profile,
+            return store.put(Result(model=recipe["model"], recipe=recipe, machine=fingerprint(), profile=profile,
                                     error=error))
     except UserError:
         return None

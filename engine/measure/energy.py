@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 
 from engine.core.errors import UserError
+from engine.core.measurement import Source
 from engine.measure.latency import EnergyMeter, Timing
 
 # Typical package power per busy core of a current server/laptop CPU under a vector-heavy load
@@ -24,8 +25,7 @@ WATTS_RANGE = (0.1, 1000.0)
 @dataclass(frozen=True)
 class Energy:
     joules_per_call: float | None
-    source: str
-    note: str
+    source: Source  # its note says over which blocks, or which power figure the estimate used
 
 
 def watts_per_core() -> float:
@@ -64,10 +64,11 @@ class CounterMeter(EnergyMeter):
                 self._monitor = None
 
     @property
-    def source(self) -> str | None:
+    def counter(self) -> str | None:
+        """The counter read: nvml or rapl (None: no counter is readable here)."""
         if self._monitor is None:
             return None
-        return "measured:nvml" if self._gpu else "measured:rapl"
+        return "nvml" if self._gpu else "rapl"
 
     def begin(self) -> None:
         if self._monitor is not None:
@@ -85,12 +86,12 @@ def energy_of(timing: Timing, meter: CounterMeter) -> Energy:
     """J per inference over the configuration's blocks that the latency used."""
     calls = max(timing.calls, 1)
     joules = timing.joules
-    if meter.source is not None and joules is not None:
-        where = "GPU only" if meter.source == "measured:nvml" else "whole CPU package"
-        return Energy(max(joules, 0.0) / calls, meter.source,
-                      f"counter read around {len(timing.used)} timed blocks, {calls} calls ({where})")
+    if meter.counter is not None and joules is not None:
+        where = "GPU only" if meter.counter == "nvml" else "whole CPU package"
+        return Energy(max(joules, 0.0) / calls, Source(
+            "measured", meter.counter, f"counter read around {len(timing.used)} timed blocks, {calls} calls ({where})"))
     w = watts_per_core()
     cpu_s = timing.own_cpu_s
-    return Energy(cpu_s * w / calls, "estimated:cpu-time",
-                  f"this process's CPU time in the {len(timing.used)} timed blocks ({cpu_s:.3f} s over {calls} calls) "
-                  f"x {w:g} W per busy core ({WATTS_ENV} overrides); no energy counter readable here")
+    return Energy(cpu_s * w / calls, Source(
+        "estimated", "cpu-time", f"this process's CPU time in the {len(timing.used)} timed blocks ({cpu_s:.3f} s over "
+        f"{calls} calls) x {w:g} W per busy core ({WATTS_ENV} overrides); no energy counter readable here"))

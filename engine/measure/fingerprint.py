@@ -1,13 +1,16 @@
-"""Device fingerprint: the environment travels with every result (results from two machines never mix)."""
+"""Machine fingerprint: the environment travels with every result (results from two machines never mix)."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import os
 import platform
-from typing import Any
 from functools import lru_cache
+from pathlib import Path
 
-from engine.core.hardware import detect
+from engine.core.hardware import _cpu_info, detect
+from engine.core.recipe import parse_json
 
 
 def _driver() -> str | None:
@@ -39,6 +42,45 @@ def fingerprint() -> dict:
 
 @lru_cache(maxsize=1)
 def _own() -> dict:
+    """This machine's fingerprint, kept between processes: computing it imports torch (over a second), and a
+    command that only reads the store (`frontier`, `results --device`) needs just its id."""
+    cache = _cache_file()
+    try:
+        kept = parse_json(cache.read_text(), "the fingerprint cache", limit=None) if cache is not None else None
+        if isinstance(kept, dict) and isinstance(kept.get("id"), str):
+            return kept
+    except (OSError, ValueError):
+        pass
+    fp = _compute()
+    if cache is not None:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(fp))
+            os.replace(tmp, cache)  # a reader never sees half of it
+        except OSError:
+            pass  # a read-only home: computed again next time
+    return fp
+
+
+def _cache_file() -> Path | None:
+    """Keyed by everything that could change the fingerprint: this boot, the CPU, the torch installation, the
+    GPUs made visible to it, the engine's version. None where a boot cannot be told apart (then no cache)."""
+    spec = importlib.util.find_spec("torch")  # finds, does not import
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        torch_version = Path(spec.origin).with_name("version.py").read_text() if spec and spec.origin else ""
+    except OSError:
+        return None
+    from engine import __version__
+
+    key = json.dumps([boot, _cpu_info(), os.cpu_count(), spec.origin if spec else None, torch_version, __version__,
+                      [os.environ.get(v) for v in ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")]])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "compression-dash" / f"machine-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def _compute() -> dict:
     import torch  # here, not at the top: the dashboard's server process never needs torch (seconds at start)
 
     from engine import __version__
@@ -61,9 +103,3 @@ def _own() -> dict:
     stable = {k: fp[k] for k in ("cpu", "cpu_flags", "logical_cores", "gpu", "torch")}
     fp["id"] = hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:12]
     return fp
-
-
-def machine_name(device: dict[str, Any]) -> str:
-    """How a machine is named to a person: its CPU, cores and GPU, as its rows recorded them."""
-    return f"{device.get('cpu') or 'unknown CPU'}, {device.get('logical_cores')} cores" + (
-        f", {device['gpu']}" if device.get("gpu") else "")

@@ -14,13 +14,15 @@ import psutil
 import torch
 from torch import nn
 
+from engine.core.measurement import Source
+
 
 @dataclass(frozen=True)
 class Memory:
     peak_bytes: int
     model_bytes: int
     run_peak_bytes: int
-    source: str
+    source: Source
 
 
 def model_tensor_bytes(model: nn.Module) -> int:
@@ -71,7 +73,7 @@ def measure_run(model: nn.Module | int, run: Callable[[], object], device: str, 
             run()
         torch.cuda.synchronize()
         grow = max(0, torch.cuda.max_memory_allocated() - base)
-        return Memory(model_bytes + grow, model_bytes, grow, f"measured:cuda-allocator-peak + {held_as}")
+        return Memory(model_bytes + grow, model_bytes, grow, Source("measured", f"cuda-allocator-peak + {held_as}"))
     proc = psutil.Process()
     if _reset_hwm():
         base = proc.memory_info().rss
@@ -80,7 +82,8 @@ def measure_run(model: nn.Module | int, run: Callable[[], object], device: str, 
         hwm = _read_hwm()
         if hwm is not None:
             grow = max(0, hwm - base)
-            return Memory(model_bytes + grow, model_bytes, grow, f"measured:VmHWM growth during inference + {held_as}")
+            return Memory(model_bytes + grow, model_bytes, grow,
+                          Source("measured", f"VmHWM growth during inference + {held_as}"))
     base = proc.memory_info().rss
     peak = [base]
     stop = threading.Event()
@@ -97,4 +100,5 @@ def measure_run(model: nn.Module | int, run: Callable[[], object], device: str, 
     stop.set()
     t.join()
     grow = max(0, peak[0] - base)
-    return Memory(model_bytes + grow, model_bytes, grow, f"measured:sampled RSS growth during inference + {held_as}")
+    return Memory(model_bytes + grow, model_bytes, grow,
+                  Source("measured", f"sampled RSS growth during inference + {held_as}"))

@@ -5,13 +5,13 @@ Transformers would execute a folder's own Python (`auto_map`) after asking on st
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
 from engine.core.errors import UserError
+from engine.core.recipe import parse_json
 
 MAX_CONFIG_BYTES = 1_000_000
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
@@ -30,9 +30,10 @@ def _check_folder(folder: Path) -> None:
         if path.stat().st_size > MAX_CONFIG_BYTES:
             raise UserError(f"{path} is too large to be a configuration file")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, RecursionError) as exc:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
             raise UserError(f"{path} is not valid JSON: {str(exc)[:120]}") from None
+        data = parse_json(text, str(path), limit=None)  # its size is bounded above
         if not isinstance(data, dict):
             raise UserError(f"{path} is not a configuration (expected a JSON object)")
         if "auto_map" in data:
@@ -98,7 +99,7 @@ def _first_line(exc: Exception) -> str:
 def load_config(source: str) -> dict[str, Any]:
     """The folder's config.json as data (checked by `resolve`: no remote code)."""
     folder = Path(resolve(source))
-    return json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    return parse_json((folder / "config.json").read_text(encoding="utf-8"), str(folder / "config.json"), limit=None)
 
 
 # --- what the engine needs from a Transformers model ------------------------------------------------------

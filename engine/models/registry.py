@@ -58,6 +58,9 @@ class ModelSpec:
     calibration_inputs: Callable[[], list[Inputs]] | None = None
     # How to prepare raw inputs, for the bundle's model card.
     preprocessing: str = ""
+    # Optional: the parameter count without building the model (e.g. from the weights' headers), so a list of
+    # models needs no torch; it raises UserError where the model cannot load. Tests check it against the build.
+    parameters: Callable[[], int] | None = None
 
     def info(self, parameters: int | None = None) -> "ModelInfo":
         return ModelInfo(self.name, self.task, self.description, self.source, self.metric, self.metric_kind,
@@ -83,6 +86,16 @@ class ModelInfo:
 
 _REGISTRY: dict[str, Callable[[], ModelSpec]] = {}
 _SPECS: dict[str, ModelSpec] = {}
+# Name prefixes of models built from their name alone ("hf:", "py:"): prefix -> name -> spec. Registered by
+# the modules that parse them (engine.models.user), so this registry knows no source by name.
+_SOURCES: dict[str, Callable[[str], ModelSpec]] = {}
+
+
+def register_source(prefix: str, spec_for: Callable[[str], ModelSpec]) -> None:
+    """Models named `<prefix>...` are built by `spec_for(name)`; a prefix claimed twice is an error."""
+    if prefix in _SOURCES:
+        raise ValueError(f"model source {prefix!r} is registered twice: give the new one another prefix")
+    _SOURCES[prefix] = spec_for
 
 
 def register_model(name: str) -> Callable[[Callable[[], ModelSpec]], Callable[[], ModelSpec]]:
@@ -100,16 +113,12 @@ def model_names() -> list[str]:
 
 
 def get_spec(name: str) -> ModelSpec:
-    """The spec of a registered model or of a user model's canonical name (see engine.models.user)."""
+    """The spec of a registered model or of a name a registered source builds (a user model's canonical name)."""
     if isinstance(name, str) and name in _SPECS:
         return _SPECS[name]
-    from engine.models import user
-
-    if user.is_user_model(name):
-        if user.SEP not in name:
-            raise UnknownModelError(f"{name[:80]!r} must be added first: --model {name[:80]} with --task and "
-                                    "--eval-data (hf:), or the dashboard's 'Add a model'")
-        _SPECS[name] = user.spec_for(name)
+    source = next((fn for prefix, fn in _SOURCES.items() if isinstance(name, str) and name.startswith(prefix)), None)
+    if source is not None:
+        _SPECS[name] = source(name)
         return _SPECS[name]
     if not isinstance(name, str) or name not in _REGISTRY:
         raise UnknownModelError(f"unknown model {str(name)[:80]!r}: registered models are {', '.join(_REGISTRY)}; "

@@ -74,14 +74,14 @@ def unpack(data: bytes, dest: Path, allowed: tuple[str, ...], what: str) -> Path
 def store_upload(model_zip: bytes, eval_name: str, eval_data: bytes, task: str, folder: Path) -> tuple[str, str]:
     """Unpack an uploaded model and its evaluation data under `folder` (beside the store), in a place named by
     their content; (model folder, evaluation file or folder) for `engine.models.user.canonical`."""
-    from engine.models.user import TASKS
+    from engine.core.axes import TASKS
 
     if task not in TASKS:
         raise UserError(f"task={str(task)[:40]!r} is not supported: choose one of {', '.join(TASKS)}")
     digest = hashlib.sha256(model_zip + b"\0" + eval_data).hexdigest()[:16]
     home = folder / digest
     model = unpack(model_zip, home / "model", MODEL_FILES, "model upload")
-    if task == "image-classification":
+    if TASKS.get(task).eval_folder:  # uploaded zipped
         return str(model), str(unpack(eval_data, home / "eval", IMAGE_FILES, "image upload"))
     suffix = Path(eval_name).suffix.lower()
     if suffix not in (".csv", ".jsonl"):

@@ -28,19 +28,19 @@ import csv
 import hashlib
 import importlib.util
 import io
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.core.errors import UserError
+from engine.core.axes import TASKS
+from engine.core.errors import RecipeError, UnknownModelError, UserError
+from engine.core.recipe import parse_json
 from engine.models import hf
-from engine.models.registry import ModelSpec
+from engine.models.registry import ModelSpec, register_source
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-TASKS = ("feature-extraction", "text-classification", "image-classification")
 PREFIXES = ("hf:", "py:")
 SEP = "|"
 MAX_EVAL_BYTES = 32 * 2 ** 20
@@ -71,7 +71,7 @@ def canonical(model: str, task: str | None = None, eval_data: str | None = None)
         if task or eval_data:
             raise UserError("a py: model brings its own task and evaluation data (eval_batches): drop --task and "
                             "--eval-data")
-        path = _file(model[3:], "Python file", (".py",))
+        path = file_path(model[3:], "Python file", (".py",))
         return f"py:{path}{SEP}{_py_digest(*_py_contents(_load_module(path), path))}"
     if not model[3:].strip():
         raise UserError("hf: needs a model: give the folder or hub id after it, e.g. hf:./my-model")
@@ -79,18 +79,11 @@ def canonical(model: str, task: str | None = None, eval_data: str | None = None)
         raise UserError(f"an hf: model needs --task: one of {', '.join(TASKS)}" if task is None else
                         f"task={str(task)[:40]!r} is not supported: choose one of {', '.join(TASKS)}")
     if not eval_data:
-        raise UserError("an hf: model needs --eval-data: " + EVAL_HELP[task])
+        raise UserError("an hf: model needs --eval-data: " + TASKS.get(task).eval_help)
     folder = _local_folder(model[3:])
-    data = _eval_path(eval_data, task)
-    _read_eval(data, task)  # columns and values checked before anything is named
+    data = TASKS.get(task).eval_path(eval_data)
+    TASKS.get(task).read(data)  # columns and values checked before anything is named
     return f"hf:{folder}{SEP}{task}{SEP}{data}{SEP}{_hf_digest(folder, task, data)}"
-
-
-EVAL_HELP = {
-    "text-classification": "a CSV or JSONL file with columns text,label (label: the model's label name or id)",
-    "feature-extraction": "a CSV or JSONL file with a column text (the metric is fidelity to the uncompressed model)",
-    "image-classification": "a folder with one sub-folder of images per class, named as the model's labels",
-}
 
 
 def spec_for(name: str) -> ModelSpec:
@@ -100,7 +93,7 @@ def spec_for(name: str) -> ModelSpec:
         if len(parts) != 2:
             raise UserError(f"{name[:120]!r} is not a model name: use py:<file.py>")
         path, digest = Path(parts[0]), parts[1]
-        module = _load_module(_file(str(path), "Python file", (".py",)))
+        module = _load_module(file_path(str(path), "Python file", (".py",)))
         built, batches = _py_contents(module, path)
         _same(name, digest, _py_digest(built, batches))
         return _py_spec(name, path, module, built, batches)
@@ -111,7 +104,19 @@ def spec_for(name: str) -> ModelSpec:
         raise UserError(f"{name[:120]!r}: task {task[:40]!r} is not supported")
     hf.resolve(folder)
     _same(name, digest, _hf_digest(Path(folder), task, Path(data)))
-    return _hf_spec(name, folder, task, Path(data))
+    return TASKS.get(task).spec(name, folder, Path(data))
+
+
+def _source(name: str) -> ModelSpec:
+    """The spec of an `hf:`/`py:` name, for the model registry (which knows no source by name)."""
+    if SEP not in name:
+        raise UnknownModelError(f"{name[:80]!r} must be added first: --model {name[:80]} with --task and "
+                                "--eval-data (hf:), or the dashboard's 'Add a model'")
+    return spec_for(name)
+
+
+for _prefix in PREFIXES:
+    register_source(_prefix, _source)
 
 
 def _same(name: str, recorded: str, now: str) -> None:
@@ -121,7 +126,7 @@ def _same(name: str, recorded: str, now: str) -> None:
 
 
 # --- files ---------------------------------------------------------------------------------------------
-def _file(text: str, what: str, suffixes: tuple[str, ...]) -> Path:
+def file_path(text: str, what: str, suffixes: tuple[str, ...]) -> Path:
     path = Path(text).expanduser().resolve()
     if not path.is_file():
         raise UserError(f"{what} {text} does not exist")
@@ -150,19 +155,8 @@ def _local_folder(source: str) -> Path:
     return path
 
 
-def _eval_path(text: str, task: str) -> Path:
-    if task == "image-classification":
-        path = Path(text).expanduser().resolve()
-        if not path.is_dir():
-            raise UserError(f"evaluation data {text} is not a folder: {EVAL_HELP[task]}")
-        return path
-    return _file(text, "evaluation file", (".csv", ".jsonl"))
-
-
-def _read_eval(path: Path, task: str) -> tuple[list[Any], list[Any]]:
-    """(inputs, labels): texts or image paths, and labels as written (None for feature extraction)."""
-    if task == "image-classification":
-        return _read_images(path)
+def read_rows(path: Path, need: tuple[str, ...], expected: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """(texts, rows) of a CSV or JSONL evaluation file holding the columns `need`; `expected` says what it must be."""
     if path.stat().st_size > MAX_EVAL_BYTES:
         raise UserError(f"{path} is larger than {MAX_EVAL_BYTES // 2 ** 20} MB: keep an evaluation sample")
     raw = path.read_bytes()
@@ -170,13 +164,12 @@ def _read_eval(path: Path, task: str) -> tuple[list[Any], list[Any]]:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise UserError(f"{path} is not UTF-8 text") from None
-    need = ("text", "label") if task == "text-classification" else ("text",)
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(io.StringIO(text))
         missing = [c for c in need if c not in (reader.fieldnames or [])]
         if missing:
             found = ", ".join(reader.fieldnames or []) or "none"
-            raise UserError(f"{path} has no column {', '.join(missing)} (columns: {found}): {EVAL_HELP[task]}")
+            raise UserError(f"{path} has no column {', '.join(missing)} (columns: {found}): {expected}")
         rows = list(reader)
     else:
         rows = []
@@ -184,23 +177,24 @@ def _read_eval(path: Path, task: str) -> tuple[list[Any], list[Any]]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-            except ValueError:
-                raise UserError(f"{path} line {i} is not JSON: {EVAL_HELP[task]}") from None
+                row = parse_json(line, f"{path} line {i}", limit=None)  # the file's size is bounded above
+            except RecipeError as exc:
+                raise UserError(f"{exc}: {expected}") from None
             if not isinstance(row, dict) or any(c not in row for c in need):
-                raise UserError(f"{path} line {i} has no {' or '.join(need)}: {EVAL_HELP[task]}")
+                raise UserError(f"{path} line {i} has no {' or '.join(need)}: {expected}")
             rows.append(row)
     if not rows:
-        raise UserError(f"{path} holds no rows: {EVAL_HELP[task]}")
+        raise UserError(f"{path} holds no rows: {expected}")
     if len(rows) > MAX_EVAL_ROWS:
         raise UserError(f"{path} holds {len(rows)} rows; at most {MAX_EVAL_ROWS}: keep an evaluation sample")
     for i, row in enumerate(rows, 1):
         if not isinstance(row["text"], str) or not row["text"].strip():
             raise UserError(f"{path} row {i}: text is empty or not text")
-    return [r["text"] for r in rows], [r["label"] for r in rows] if "label" in need else []
+    return [r["text"] for r in rows], rows
 
 
-def _read_images(folder: Path) -> tuple[list[Path], list[str]]:
+def read_images(folder: Path, expected: str) -> tuple[list[Path], list[str]]:
+    """(image paths, their class folder names) of an evaluation folder with one sub-folder per class."""
     images, labels = [], []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()):
         for f in sorted(sub.iterdir()):
@@ -209,7 +203,7 @@ def _read_images(folder: Path) -> tuple[list[Path], list[str]]:
                 labels.append(sub.name)
     if not images:
         raise UserError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}) in class sub-folders: "
-                        + EVAL_HELP["image-classification"])
+                        + expected)
     if len(images) > MAX_EVAL_ROWS:
         raise UserError(f"{folder} holds {len(images)} images; at most {MAX_EVAL_ROWS}: keep an evaluation sample")
     return images, labels
@@ -226,7 +220,7 @@ def _hash_files(h: "hashlib._Hash", files: list[Path]) -> None:
 def _hf_digest(folder: Path, task: str, data: Path) -> str:
     h = hashlib.sha256(task.encode())
     _hash_files(h, sorted(p for p in folder.iterdir() if p.suffix in (".json", ".safetensors", ".txt", ".model")))
-    _hash_files(h, _read_images(data)[0] if task == "image-classification" else [data])
+    _hash_files(h, TASKS.get(task).data_files(data))
     return h.hexdigest()[:12]
 
 
@@ -313,47 +307,13 @@ def _fit(model: nn.Module, module: Any, epochs: int) -> None:
     model.eval()
 
 
-# --- Hugging Face folders ------------------------------------------------------------------------------
-def _hf_spec(name: str, folder: str, task: str, data: Path) -> ModelSpec:
-    import torch
-
-    texts, labels = _read_eval(data, task)
-    if task == "image-classification":
-        return _hf_image_spec(name, folder, texts, labels)
-    from transformers import AutoModel, AutoModelForSequenceClassification
-
-    tokenizer = hf.load_tokenizer(folder)
-    auto = AutoModelForSequenceClassification if task == "text-classification" else AutoModel
-    config = hf.load_config(folder)
-
-    def encode(batch: list[str]) -> dict[str, torch.Tensor]:
-        return dict(tokenizer(batch, padding=True, truncation=True, max_length=128, return_tensors="pt"))
-
-    chunks = [texts[i:i + EVAL_BATCH] for i in range(0, len(texts), EVAL_BATCH)]
-    common = dict(
-        name=name, description=f"{config.get('model_type', 'transformer')} from {Path(folder).name}",
-        source=f"{folder} (Transformers {auto.__name__}, safetensors, no remote code)",
-        build=lambda: hf.load_model(folder, auto), eval_inputs=lambda: [encode(c) for c in chunks],
-        example_inputs=lambda batch: encode([texts[i % len(texts)] for i in range(batch)]),
-        structured_setup=hf.transformer_structured,
-        preprocessing="text tokenised with the model's own tokenizer (padding, truncation to 128 tokens)")
-    if task == "feature-extraction":
-        return ModelSpec(task="sentence embedding (your model)", score=hf.fidelity_score, forward=hf.mean_pooled,
-                         metric_kind="fidelity", never_prune=("pooler",),
-                         metric=f"fidelity: mean cosine similarity to the uncompressed model's embeddings on "
-                                f"{len(texts)} sentences of {data.name}", **common)
-    targets = torch.tensor(_label_ids(labels, config, data))
-    return ModelSpec(task="text classification (your model)", score=_accuracy(targets), forward=hf.logits,
-                     never_prune=("classifier", "pooler"),
-                     metric=f"top-1 accuracy on {len(texts)} labelled rows of {data.name}", **common)
-
-
-def _hf_image_spec(name: str, folder: str, images: list[Path], labels: list[str]) -> ModelSpec:
+# --- Hugging Face folders (the text tasks build theirs in engine.models.tasks) -------------------------
+def hf_image_spec(name: str, folder: str, images: list[Path], labels: list[str]) -> ModelSpec:
     import torch
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     config = hf.load_config(folder)
-    targets = torch.tensor(_label_ids(labels, config, Path(images[0]).parent.parent))
+    targets = torch.tensor(label_ids(labels, config, Path(images[0]).parent.parent))
     try:
         processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001
@@ -378,11 +338,11 @@ def _hf_image_spec(name: str, folder: str, images: list[Path], labels: list[str]
         build=lambda: hf.load_model(folder, AutoModelForImageClassification), eval_inputs=lambda: encoded,
         example_inputs=lambda batch: {"pixel_values": torch.cat([e["pixel_values"] for e in encoded])
                                       .repeat(-(-batch // len(images)), 1, 1, 1)[:batch]},
-        score=_accuracy(targets), forward=hf.logits, never_prune=("classifier",),
+        score=accuracy(targets), forward=hf.logits, never_prune=("classifier",),
         structured_setup=hf.transformer_structured, preprocessing="images through the model's own image processor")
 
 
-def _label_ids(labels: list[Any], config: dict, where: Path) -> list[int]:
+def label_ids(labels: list[Any], config: dict, where: Path) -> list[int]:
     """Labels as written (names or ids) to the head's class ids; one the head does not know is an error."""
     label2id = {str(k): int(v) for k, v in (config.get("label2id") or {}).items()}
     n = len(config.get("id2label") or label2id) or int(config.get("num_labels", 0))
@@ -399,7 +359,7 @@ def _label_ids(labels: list[Any], config: dict, where: Path) -> list[int]:
     return ids
 
 
-def _accuracy(targets: torch.Tensor):
+def accuracy(targets: torch.Tensor):
     def score(outputs: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
         pred = outputs.float().argmax(-1)
         return {"accuracy": (pred == targets).float().mean().item(),

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from engine import __version__
-from engine.core.errors import UserError
-from engine.core.recipe import Recipe
+from engine.core.errors import RecipeError, UserError
+from engine.core.recipe import Recipe, parse_json
 from engine.core.result import Result
 from engine.measure.fingerprint import fingerprint
 from engine.models import get_spec
@@ -43,8 +43,7 @@ def _result(data: Any) -> tuple[Result, Recipe]:
         recipe = Recipe.from_dict(result.recipe)
     except (TypeError, ValueError, UserError) as exc:
         raise ValueError(f"not a valid measurement ({str(exc)[:80]})") from None
-    device = result.device
-    if not isinstance(device, dict) or not isinstance(device.get("id"), str) or not device["id"]:
+    if not result.machine.id:
         raise ValueError("no machine fingerprint")
     try:
         get_spec(result.model)
@@ -60,9 +59,9 @@ def import_results(db: str | Path, data: bytes) -> dict[str, Any]:
     if len(data) > MAX_FILE_BYTES:
         raise UserError(f"the results file is {len(data):,} bytes: larger than the {MAX_FILE_BYTES:,}-byte limit")
     try:
-        doc = json.loads(data)
-    except (ValueError, RecursionError):
-        raise UserError("this is not a results file: it is not valid JSON") from None
+        doc = parse_json(data, "it", limit=None)  # its size is bounded above
+    except RecipeError as exc:
+        raise UserError(f"this is not a results file: {exc}") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("results"), list):
         raise UserError(f"this is not a results file (it has no \"format\": \"{FORMAT}\" and \"results\" list)")
     if doc.get("format_version") != FORMAT_VERSION:
@@ -79,13 +78,13 @@ def import_results(db: str | Path, data: bytes) -> dict[str, Any]:
             except ValueError as exc:
                 skipped[str(exc)] = skipped.get(str(exc), 0) + 1
                 continue
-            stored = store.get(recipe, result.device["id"])
+            stored = store.get(recipe, result.machine.id)
             store.put(result)
-            now = store.get(recipe, result.device["id"])  # put keeps the better of the two: which one is it?
+            now = store.get(recipe, result.machine.id)  # put keeps the better of the two: which one is it?
             changed = stored is None or (now is not None and now[1].measured_at != stored[1].measured_at)
             added += changed
             kept += not changed
-            machines.add(str(result.device.get("cpu") or result.device["id"]))
+            machines.add(result.machine.cpu or result.machine.id)
         new_rows = store.count() - before
     return {"rows_in_file": len(doc["results"]), "new_rows": new_rows, "updated_rows": added - new_rows,
             "already_as_good": kept, "skipped": sum(skipped.values()), "skipped_why": skipped,

@@ -5,6 +5,9 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from engine.core.axes import RUNTIMES
+from engine.core.measurement import Source
+
 AXIS_LABELS = {
     "accuracy": "accuracy",
     "latency_p50_ms": "latency p50 (ms)",
@@ -19,9 +22,8 @@ SCALE = {"size_bytes": 1 / 1024, "peak_memory_bytes": 1 / 1024, "energy_j": 1e3}
 ERRORS = {"latency_p50_ms": ("latency_block_q25_ms", "latency_block_q75_ms")}
 FRONT, DOMINATED, CURRENT = "#2563eb", "#94a3b8", "#f97316"
 # Outline colour of points measured in another runtime than eager, and what the legend calls it.
-RUNTIME_EDGE = {"onnxruntime": "#16a34a", "compile": "#9333ea"}
-RUNTIME_NOTE = {"onnxruntime": "green outline: measured in ONNX Runtime",
-                "compile": "purple outline: measured through torch.compile"}
+RUNTIME_EDGE = {name: rt.figure_edge for name, rt in RUNTIMES.items() if rt.figure_edge}
+RUNTIME_NOTE = {name: rt.figure_note for name, rt in RUNTIMES.items() if rt.figure_note}
 OVERLAY_COLOURS = ("#dc2626", "#0891b2", "#ca8a04", "#7c3aed", "#db2777")  # other machines' frontiers
 LOG_SPAN = 10.0  # an axis whose values span more than this factor is drawn logarithmic
 
@@ -52,11 +54,16 @@ def _errors(df: pd.DataFrame, column: str, values: pd.Series) -> dict | None:
                 visible=True, thickness=1, width=0, color="#cbd5e1")
 
 
+def _estimated(source: object) -> bool:
+    """A flat row's energy_source says the figure is an estimate, not a counter's reading."""
+    return Source.kind_of(source) == "estimated"
+
+
 def _symbols(base: str, df: pd.DataFrame, energy_plotted: bool) -> np.ndarray:
     """Hollow: measured while the machine was busy (or by an older engine): not trusted, off the frontier.
     With a dot: energy estimated, not measured (only marked where energy is plotted)."""
     hollow = ~df["trusted"].astype(bool)
-    dotted = df["energy_source"].fillna("").str.startswith("estimated") & energy_plotted
+    dotted = df["energy_source"].map(_estimated).astype(bool) & energy_plotted
     return np.array([base + ("-open" if h else "") + ("-dot" if d else "") for h, d in zip(hollow, dotted)])
 
 
@@ -143,7 +150,7 @@ def legend_note(rows: list[dict], energy_plotted: bool) -> str:
     if any(not r.get("trusted", True) for r in shown):
         notes.append("hollow: measured while the machine was busy, so not compared until re-measured")
     notes += [note for rt, note in RUNTIME_NOTE.items() if any(r.get("runtime") == rt for r in shown)]
-    if energy_plotted and any(str(r.get("energy_source", "")).startswith("estimated") for r in shown):
+    if energy_plotted and any(_estimated(r.get("energy_source")) for r in shown):
         notes.append("dot inside: energy estimated from CPU time, not measured")
     notes.append("bars: spread between timing blocks")
     return " · ".join(notes)

@@ -34,20 +34,24 @@ class Objective:
     sense: str
 
 
-def parse_objectives(spec: str | list[str] | tuple[str, ...]) -> list[Objective]:
-    """'accuracy:max,latency:min' -> Objectives. Each objective's sense is fixed by what it measures
-    (more accuracy or speed-up is better, more of any cost is worse); naming the other sense is refused."""
+def parse_objectives(spec: str | list[str] | tuple[str, ...], table: dict[str, tuple[str, str]] = OBJECTIVES,
+                     old_names: dict[str, str] | None = None) -> list[Objective]:
+    """'accuracy:max,latency:min' -> Objectives of `table` (name -> (column, sense)); `old_names` maps a former
+    spelling to its name. Each objective's sense is fixed by what it measures (more accuracy or speed-up is
+    better, more of any cost is worse); naming the other sense is refused."""
+    example = ",".join(f"{n}:{sense}" for n, (_, sense) in list(table.items())[:2])
     if not isinstance(spec, (str, list, tuple)) or not all(isinstance(s, str) for s in spec):
-        raise UserError("objectives: give a comma-separated list such as accuracy:max,latency:min")
+        raise UserError(f"objectives: give a comma-separated list such as {example}")
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if not 2 <= len(items) <= 3:
-        raise UserError(f"objectives={','.join(items)[:80]!r}: give 2 or 3, e.g. accuracy:max,latency:min")
+        raise UserError(f"objectives={','.join(items)[:80]!r}: give 2 or 3, e.g. {example}")
     out = []
     for item in items:
         name, _, sense = item.partition(":")
-        if name not in OBJECTIVES:
-            raise UserError(f"objective {name[:40]!r} is not allowed: choose from {', '.join(OBJECTIVES)}")
-        column, natural = OBJECTIVES[name]
+        name = (old_names or {}).get(name, name)
+        if name not in table:
+            raise UserError(f"objective {name[:40]!r} is not allowed: choose from {', '.join(table)}")
+        column, natural = table[name]
         if sense not in ("", natural):
             raise UserError(f"objective {item[:40]!r}: {name} is always {'maximised' if natural == 'max' else 'minimised'} "
                             f"(write {name}:{natural} or just {name})")

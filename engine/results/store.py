@@ -15,14 +15,14 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from engine import __version__
 from engine.core.errors import UserError
-from engine.core.recipe import Recipe
+from engine.core.recipe import Recipe, parse_json
 from engine.core.result import Result
-from engine.measure.fingerprint import machine_name
 
+WAIT_S = 60.0  # how long opening, creating or upgrading a file waits for another process that holds it
 SCHEMA_VERSION = 3  # 3 added runtime and prepare_s (added in place to a version-2 file)
 PROFILE_RANK = {"quick": 0, "thorough": 1}
 
@@ -50,25 +50,25 @@ TEXT = {c for c, t in COLUMNS.items() if t.startswith("TEXT")} - {"recipe_json",
 def flatten(result: Result) -> dict[str, Any]:
     """The flat row of a Result."""
     recipe = Recipe.from_dict(result.recipe)
-    lat = result.latency_ms or {}
+    lat = result.latency
     return {
-        "model": result.model, "recipe_key": recipe.key, "device_id": result.device.get("id", "unknown"),
+        "model": result.model, "recipe_key": recipe.key, "device_id": result.machine.id or "unknown",
         "engine_version": result.engine_version, "label": recipe.label(),
         "prune_method": recipe.prune.method, "prune_amount": recipe.prune.amount, "prune_scope": recipe.prune.scope,
         "bits": recipe.quantize.bits, "scheme": recipe.quantize.scheme, "granularity": recipe.quantize.granularity,
         "precision": recipe.precision, "device": recipe.device, "batch_size": recipe.batch_size,
         "runtime": recipe.runtime, "prepare_s": result.prepare_s,
         "accuracy": result.accuracy, "baseline_accuracy": result.baseline_accuracy, "metric_kind": result.metric_kind,
-        "latency_p50_ms": lat.get("p50"), "latency_p90_ms": lat.get("p90"), "latency_p99_ms": lat.get("p99"),
-        "latency_iqr_ratio": lat.get("iqr_ratio"), "latency_noisy": int(bool(lat.get("noisy"))) if lat else None,
-        "latency_block_q25_ms": lat.get("block_p50_q25"), "latency_block_q75_ms": lat.get("block_p50_q75"),
-        "latency_contended": int(bool(lat.get("contended"))) if lat else None, "foreign_cpu": lat.get("foreign_cpu"),
+        "latency_p50_ms": lat and lat.p50, "latency_p90_ms": lat and lat.p90, "latency_p99_ms": lat and lat.p99,
+        "latency_iqr_ratio": lat and lat.iqr_ratio, "latency_noisy": int(lat.noisy) if lat else None,
+        "latency_block_q25_ms": lat and lat.block_p50_q25, "latency_block_q75_ms": lat and lat.block_p50_q75,
+        "latency_contended": int(lat.contended) if lat else None, "foreign_cpu": lat and lat.foreign_cpu,
         "speedup": result.speedup, "speedup_spread": result.speedup_spread,
         "size_bytes": result.size_bytes, "baseline_size_bytes": result.baseline_size_bytes,
         "peak_memory_bytes": result.peak_memory_bytes, "energy_j": result.energy_j,
-        "energy_source": result.energy_source, "params_total": result.params_total,
+        "energy_source": result.energy_source and str(result.energy_source), "params_total": result.params_total,
         "params_nonzero": result.params_nonzero, "simulated": int(result.simulated),
-        "profile": result.profile, "threads": result.threads, "threads_requested": lat.get("threads_requested"),
+        "profile": result.profile, "threads": result.threads, "threads_requested": lat and lat.threads_requested,
         "error": result.error, "created_at": time.time(),
         "recipe_json": recipe.to_json(), "result_json": json.dumps(result.to_dict(), default=str),
     }
@@ -117,17 +117,17 @@ class Store:
             raise UserError(f"cannot create the folder of {self.path}: {exc.strerror or exc}") from None
         with self._errors():
             if write:
-                self.conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None)
+                self.conn = sqlite3.connect(str(self.path), timeout=WAIT_S, isolation_level=None)
             else:
-                self.conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=60.0,
+                self.conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=WAIT_S,
                                             isolation_level=None)
             self.conn.row_factory = sqlite3.Row
-            self.conn.execute("PRAGMA busy_timeout = 60000")
+            self.conn.execute(f"PRAGMA busy_timeout = {int(WAIT_S * 1000)}")
             self._check_ours()
             if write:
-                self.conn.execute("PRAGMA journal_mode = WAL")
+                self._patiently(lambda: self.conn.execute("PRAGMA journal_mode = WAL").fetchone())
                 self.conn.execute("PRAGMA synchronous = NORMAL")
-                self._migrate()
+                self._patiently(self._migrate)
             elif self._version() != SCHEMA_VERSION:
                 raise UserError(f"{self.path} was written by an older engine: open it once with a command that "
                                 "writes (such as `sweep`) to upgrade it")
@@ -141,6 +141,26 @@ class Store:
         if tables and "meta" not in tables:
             raise UserError(f"{self.path} is an SQLite database of another application: refusing to use it "
                             "(give a new file name)")
+
+    def _patiently(self, step: Callable[[], Any]) -> None:
+        """Run a step of creating or upgrading the file, waiting while another process holds it.
+
+        SQLite answers "database is locked" at once, without its busy handler, when two connections switch
+        a new file to WAL together; the step is safe to repeat (a read, a pragma, or one whole transaction)."""
+        deadline = time.monotonic() + WAIT_S
+        pause = 0.005
+        while True:
+            try:
+                step()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise UserError(f"{self.path} stayed locked by another process for {WAIT_S:.0f} s: "
+                                    "stop the other program using it, then run the command again") from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
 
     def _version(self) -> int | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
@@ -258,7 +278,7 @@ class Store:
         """The name of the machine that measured these rows, read from the first of them that is readable."""
         for row_id in row_ids:
             with contextlib.suppress(UserError):
-                return machine_name(self.get_id(row_id).device)
+                return self.get_id(row_id).machine.name
         return "unknown machine (its rows are damaged)"
 
     def rows(self, model: str | None = None, device_id: str | None = None) -> tuple[list[dict[str, Any]], int]:
@@ -310,7 +330,7 @@ class Store:
 def _result(row: sqlite3.Row) -> Result | None:
     """The row's stored Result, or None if it is damaged or does not belong to the row's configuration."""
     try:
-        result = Result.from_dict(json.loads(row["result_json"]))
+        result = Result.from_dict(parse_json(row["result_json"], "a stored row", limit=None))
         if result.model != row["model"] or Recipe.from_dict(result.recipe).key != row["recipe_key"]:
             return None
         return result

@@ -10,12 +10,19 @@ from __future__ import annotations
 import time
 import types
 from collections import Counter
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
-from torch import nn
-
+from engine.core.axes import RUNTIMES
 from engine.core.result import Kernel
+from engine.runtimes.base import Artifact, Runtime
+
+if TYPE_CHECKING:  # torch loads when a model is compiled, not when the runtime registers
+    import torch
+    from torch import nn
+
+    from engine.compress.pipeline import Applied
+    from engine.core.recipe import Recipe
+    from engine.models import ModelSpec
 
 CACHE_SIZE = 4
 _CACHE: dict[tuple[str, int], tuple[Callable[[Any], Any], list[Kernel], float]] = {}
@@ -40,6 +47,8 @@ def compiled(key: str | None, threads: int, model: nn.Module, forward: Callable[
 
     Kept per (recipe `key`, threads), since inductor bakes the OpenMP thread count into the C++ it generates;
     `key=None` compiles a model that must not be shared (weights loaded from a bundle being verified)."""
+    import torch
+
     if key is not None and (key, threads) in _CACHE:
         return _CACHE[key, threads]
     graphs: list[Counter] = []
@@ -72,3 +81,38 @@ def compiled(key: str | None, threads: int, model: nn.Module, forward: Callable[
     while len(_CACHE) > CACHE_SIZE:
         _CACHE.pop(next(iter(_CACHE)))
     return fn, kernels, seconds
+
+
+class Compile(Runtime):
+    """Accuracy from the compiled model; latency after compiling (the compile time is `prepare_s`)."""
+
+    name = "compile"
+    label = "torch.compile"
+    prepares = "torch.compile (inductor)"
+    outputs_name = "the compiled model"
+    exported_name = "the compiled model"
+    figure_edge, figure_note = "#9333ea", "purple outline: measured through torch.compile"
+    deploy_note = ": rebuild it with `engine.bundle.bundle.load_torch(<this folder>)` and run `torch.compile(model)`"
+
+    def prepare(self, applied: "Applied", recipe: "Recipe", spec: "ModelSpec", threads: int) -> Artifact:
+        from engine.compress.precision import cast_inputs
+
+        inputs = cast_inputs(spec.example_inputs(recipe.batch_size), recipe.precision, recipe.device)
+        fn, kernels, seconds = compiled(recipe.with_(batch_size=1).key, threads, applied.model, spec.forward, inputs)
+        warnings = list(applied.warnings)
+        breaks = kernels[-1].detail["graph breaks"]
+        if breaks:
+            warnings.append(f"torch.compile split the model at {breaks} graph break(s) (typically the int8 layers, "
+                            "whose packed weights it cannot trace): those layers run uncompiled between compiled "
+                            "parts")
+        return Artifact(outputs=lambda x: fn(cast_inputs(x, recipe.precision, recipe.device)), call=lambda: fn(inputs),
+                        held=applied.model, held_as="model tensor bytes", kernels=applied.kernels + kernels,
+                        warnings=warnings, prepare_s=seconds)
+
+    def torch_runner(self, model: "nn.Module", spec: "ModelSpec", example: Any) -> Callable[[Any], "torch.Tensor"]:
+        import torch
+
+        return compiled(None, torch.get_num_threads(), model, spec.forward, example)[0]
+
+
+RUNTIMES.register("compile", Compile())

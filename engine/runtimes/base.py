@@ -1,0 +1,76 @@
+"""What a runtime is: how a compressed model is made ready to run, evaluated and timed in it, and what its
+bundle deploys.
+
+A runtime supplies callables; the measurement (paired ABAB timing, memory, energy) stays in
+`engine.measure.run`, the same for every runtime, so numbers from different runtimes compare like with like.
+Adding one is a module here with a `Runtime` subclass registered in `engine.core.axes.RUNTIMES` and imported
+by `engine/runtimes/__init__.py`. Runtime modules import torch lazily: the registry is filled when a recipe
+is validated, also in the dashboard's server process, which never loads torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from engine.compress.pipeline import Applied
+    from engine.core.recipe import Recipe
+    from engine.core.result import Kernel
+    from engine.models import ModelSpec
+
+
+@dataclass
+class Artifact:
+    """A compressed model made ready to run in one runtime: what the measurement evaluates and times."""
+
+    outputs: Callable[[Any], "torch.Tensor"]  # evaluation inputs (as the spec gives them) -> output tensor
+    call: Callable[[], object]  # one timed call at the recipe's batch size
+    held: Any  # what the memory pass measures: the module, or the artifact's size in bytes
+    held_as: str  # how that memory is described ("model tensor bytes")
+    kernels: list["Kernel"] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    size_bytes: int | None = None  # the artifact's own size where it, not compressed.bin, is what is deployed
+    prepare_s: float | None = None  # seconds building the artifact took (export, compilation)
+
+
+class Runtime:
+    """One way of running a compressed model. Subclasses set the attributes and implement `prepare`."""
+
+    name: str = ""
+    label: str = "PyTorch"  # what ran the PyTorch weights, in the bundle report ("torch.compile")
+    # Whether `apply` selects the engine's fastest kernels (int8 GEMM, sparse) for this runtime; a runtime that
+    # makes its own kernels from the stored form (ONNX Runtime) gets the plain float model on the grid.
+    engine_kernels: bool = True
+    devices: tuple[str, ...] = ("cpu", "cuda")  # where it runs; a recipe for another device is refused
+    devices_note: str = ""  # why it runs nowhere else, in that refusal
+    prepares: str | None = None  # what building the artifact involves, said beside `prepare_s`
+    outputs_name: str = "the compressed model"  # in the message about non-finite outputs
+    # The bundle: the file to deploy; the file whose size the result's size_bytes is; which verification
+    # accuracy is this runtime's measurement; and the README's line on it (None: no line, as bundles written
+    # before runtimes existed have none).
+    primary: str = "model.safetensors"
+    sized: str = "compressed.bin"
+    accuracy_key: str = "torch_accuracy"
+    deploy_note: str | None = ""
+    # True where the measured accuracy is the stored PyTorch model's itself (nothing is rebuilt between
+    # measurement and export), so export records it as is; otherwise export re-runs the artifact and a
+    # different figure is refused.
+    replays_exactly: bool = False
+    exported_name: str = "the exported model"  # in the message when the re-run disagrees
+    # Frontier figures outline points measured here in this colour, and the legend says so (None: eager's look).
+    figure_edge: str | None = None
+    figure_note: str | None = None
+
+    def prepare(self, applied: "Applied", recipe: "Recipe", spec: "ModelSpec", threads: int) -> Artifact:
+        """Make `applied` ready to run in this runtime with `threads` threads."""
+        raise NotImplementedError
+
+    def torch_runner(self, model: "nn.Module", spec: "ModelSpec", example: Any) -> Callable[[Any], "torch.Tensor"]:
+        """How a bundle's PyTorch model is run to reproduce this runtime's measurement (eager by default)."""
+        return lambda x: spec.forward(model, x)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
