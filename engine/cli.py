@@ -107,7 +107,8 @@ def recipe_from_args(a: argparse.Namespace) -> Recipe:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m engine", description="Measure and choose model-compression trade-offs.")
+    prog = "compression-dash" if os.path.basename(sys.argv[0]) == "compression-dash" else "python -m engine"
+    parser = _Parser(prog=prog, description="Measure and choose model-compression trade-offs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logs (and tracebacks) on stderr")
     sub = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
 
@@ -147,9 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objectives", default="accuracy:max,latency:min,size:min",
                    help="2-3 of accuracy,latency,size,memory,energy,params,speedup")
     p.add_argument("--min-accuracy", default=None, help="absolute (0.95) or relative to baseline (0.99x)")
-    p.add_argument("--device", default=None, metavar="ID",
-                   help="the machine whose frontier to show: its id or first characters (default: this one)")
-    p.add_argument("--all-devices", action="store_true",
+    p.add_argument("--machine", "--device", dest="machine", default=None, metavar="ID",
+                   help="the machine whose frontier to show: its id or first characters (default: this one; "
+                        "--device is the old spelling)")
+    p.add_argument("--all-machines", "--all-devices", dest="all_machines", action="store_true",
                    help="one frontier per machine the store holds rows of (they never compete with each other)")
     p.add_argument("--batch-size", type=_int, default=None,
                    help="the batch size whose rows compete (default: the smallest stored)")
@@ -200,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("results", help="every stored row, flat")
     p.add_argument("--db", default=DEFAULT_DB)
     p.add_argument("--model", default=None)
-    p.add_argument("--device", default=None, metavar="ID", help="only the machine whose id starts with ID")
+    p.add_argument("--machine", "--device", dest="machine", default=None, metavar="ID",
+                   help="only the machine whose id starts with ID (--device is the old spelling)")
     p.add_argument("--format", default="table", choices=["table", "csv", "json"])
     p.add_argument("--export", default=None, metavar="FILE",
                    help="write the rows (each with its machine) to a results file to share")
@@ -281,8 +284,8 @@ class _ProgressBar:
 def cmd_frontier(a: argparse.Namespace) -> Any:
     from engine import api
 
-    return api.frontier(model_from_args(a), a.db, a.objectives, a.min_accuracy, a.all_devices, a.include_contended,
-                        a.batch_size, a.device)
+    return api.frontier(model_from_args(a), a.db, a.objectives, a.min_accuracy, a.all_machines, a.include_contended,
+                        a.batch_size, a.machine)
 
 
 def cmd_export(a: argparse.Namespace) -> Any:
@@ -341,7 +344,7 @@ def cmd_results(a: argparse.Namespace) -> Any:
         data = api.export_results(a.db, a.model)
         Path(a.export).write_bytes(data)
         return ResultsFile(str(a.export), len(data))
-    table = api.results(a.db, a.model, a.device)
+    table = api.results(a.db, a.model, a.machine)
     if table.damaged_rows:
         print(f"{table.damaged_rows} damaged row(s) skipped", file=sys.stderr)
     return replace(table, format=a.format)

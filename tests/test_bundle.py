@@ -11,13 +11,12 @@ from safetensors.torch import load_file, save_file
 
 from engine import api
 from engine.bundle.bundle import ACCURACY_TOLERANCE, FILES, load_torch, sha256
-from engine.runtimes.onnx import onnx_feed, onnx_session
 from engine.cli import main
 from engine.compress import codec
 from engine.compress.pipeline import apply
 from engine.core.recipe import Prune, Quantize, Recipe
-from engine.models import base_model
-from engine.models import get_spec
+from engine.models import base_model, get_spec
+from engine.runtimes.onnx import onnx_feed, onnx_session
 from tests.registry_cases import techniques
 
 FAMILIES = techniques()  # every registered prune method and scheme, every reduced precision

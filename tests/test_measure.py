@@ -4,6 +4,7 @@ Behaviour only: timing logic is driven by fake clocks and fake CPU meters; the d
 real busy-loop processes (asserting the flag, never a time)."""
 import itertools
 import time
+import types
 
 import numpy as np
 import pytest
@@ -146,7 +147,7 @@ def test_memory_tracker_sees_a_known_allocation():
     mem = memory.measure_run(torch.nn.Linear(4, 4), run, "cpu", calls=1)
     assert mem.model_bytes == (16 + 4) * 4
     assert mem.run_peak_bytes >= 0.9 * size
-    assert mem.source.kind == "measured" and "VmHWM" in mem.source.how or "RSS" in mem.source.how
+    assert mem.source.kind == "measured" and ("VmHWM" in mem.source.how or "RSS" in mem.source.how)
 
 
 def test_energy_estimate_comes_from_the_used_blocks(monkeypatch):
@@ -161,6 +162,19 @@ def test_energy_estimate_comes_from_the_used_blocks(monkeypatch):
 class _NoCounter(energy.CounterMeter):
     def __init__(self):
         self.device, self._monitor, self._gpu = "cpu", None, False
+
+
+@pytest.mark.parametrize("gpu, how, where", [(True, "nvml", "GPU only"), (False, "rapl", "whole CPU package")])
+def test_a_readable_counter_is_a_measured_source(gpu, how, where):
+    """The counter path (an NVIDIA GPU or readable RAPL) without the hardware: a meter that read 0.5 J."""
+    class Read(energy.CounterMeter):
+        def __init__(self):
+            self.device, self._monitor, self._gpu = "cuda" if gpu else "cpu", object(), gpu
+
+    timing = types.SimpleNamespace(calls=100, joules=0.5, used=[None] * 4, own_cpu_s=1.0)
+    e = energy.energy_of(timing, Read())
+    assert e.joules_per_call == pytest.approx(0.005) and str(e.source) == f"measured:{how}"
+    assert e.source.kind == "measured" and where in e.source.note and "4 timed blocks" in e.source.note
 
 
 @pytest.mark.parametrize("value", ["-5", "0", "1e308", "nan", "inf", "abc"])

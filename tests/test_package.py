@@ -144,3 +144,20 @@ def test_the_dashboard_subcommand_serves_from_any_folder_on_loopback(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_the_machine_fingerprint_is_kept_between_processes_and_a_damaged_copy_is_recomputed(monkeypatch, tmp_path):
+    """`frontier` needs this machine's id; computing it imports torch, so it is kept (keyed by boot, CPU, torch)."""
+    from engine.measure import fingerprint as machine
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    machine._own.cache_clear()
+    try:
+        first = machine._own()
+        (kept,) = (tmp_path / "compression-dash").glob("machine-*.json")
+        assert json.loads(kept.read_text()) == first
+        kept.write_text("{not json")
+        machine._own.cache_clear()
+        assert machine._own() == first and json.loads(kept.read_text()) == first
+    finally:
+        machine._own.cache_clear()

@@ -162,3 +162,26 @@ def test_every_runtime_ships_a_bundle_that_verifies_its_primary_model(runtime, t
     assert abs(record["verification"][rt.accuracy_key] - out["accuracy"]) <= 0.005
     checked = api.apply_bundle(tmp_path / "b")
     assert checked["error"] is None, checked
+
+
+def test_a_new_runtime_is_one_class_and_its_registration(monkeypatch):
+    """What the next runtime (OpenVINO) needs: a Runtime subclass; the recipe, measurement and pickers follow."""
+    from engine.measure.run import run_recipe
+    from engine.runtimes.base import Artifact
+    from engine.runtimes.eager import Eager
+
+    class Traced(Eager):
+        name, label, prepares = "traced", "TorchScript", "torch.jit.trace"
+
+        def prepare(self, applied, recipe, spec, threads) -> Artifact:
+            import torch
+
+            example = spec.example_inputs(recipe.batch_size)
+            traced = torch.jit.trace(applied.model, example)
+            return Artifact(outputs=traced, call=lambda: traced(example), held=applied.model,
+                            held_as="model tensor bytes", kernels=list(applied.kernels), prepare_s=0.0)
+
+    monkeypatch.setitem(RUNTIMES._filled(), "traced", Traced())  # undone after the test
+    r = run_recipe(Recipe(model="digits-mlp", runtime="traced"))
+    assert r.error is None and abs(r.accuracy - r.baseline_accuracy) < 1e-6 and r.prepare_s == 0.0
+    assert "traced" in RUNTIMES.names()

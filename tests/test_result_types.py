@@ -136,3 +136,16 @@ def test_the_cli_prints_what_the_result_says(capsys):
     out = capsys.readouterr().out
     assert out.startswith("digits-mlp  structured 50%") and "\n  latency    p50 " in out and "\n  speed-up   " in out
     assert "\n  energy     " in out and "/inference [" in out
+
+
+@pytest.mark.parametrize("verb", ["frontier", "results"])
+def test_the_machine_flags_say_machine_and_keep_the_old_spelling(verb):
+    from engine.cli import build_parser
+
+    parser = build_parser()
+    extra = ["--model", "digits-mlp"] if verb == "frontier" else []
+    for flag in ("--machine", "--device"):
+        assert parser.parse_args([verb, *extra, flag, "c622"]).machine == "c622"
+    if verb == "frontier":
+        assert parser.parse_args([verb, *extra, "--all-devices"]).all_machines
+        assert parser.parse_args([verb, *extra, "--all-machines"]).all_machines

@@ -32,12 +32,11 @@ from torch import nn
 
 from engine import __version__
 from engine.bundle.onnx import check_self_contained, onnx_accuracy
-from engine.runtimes.onnx import export_onnx, onnx_feed, onnx_session
 from engine.bundle.report import README, measured_in, report_html
 from engine.compress import codec
+from engine.compress.layers import resolve
 from engine.compress.pipeline import Applied, apply
 from engine.compress.precision import DTYPES, cast_inputs
-from engine.compress.layers import resolve
 from engine.compress.quantize import select_kernels
 from engine.core.axes import RUNTIMES, SCHEMES
 from engine.core.errors import RecipeError, UserError, VerificationError
@@ -45,8 +44,8 @@ from engine.core.recipe import Recipe, parse_json
 from engine.core.result import Result, strict
 from engine.measure.fingerprint import fingerprint
 from engine.measure.run import reference
-from engine.models import base_model
-from engine.models import get_spec
+from engine.models import base_model, get_spec
+from engine.runtimes.onnx import export_onnx, onnx_feed, onnx_session
 
 BUNDLE_FORMAT = 2
 FILES = ("model.onnx", "model.safetensors", "compressed.bin", "model_card.json", "report.html", "README.md")

@@ -7,8 +7,8 @@ import time
 
 from engine import __version__
 from engine.core.axes import RUNTIMES
-from engine.core.recipe import Recipe
 from engine.core.measurement import Latency, pct
+from engine.core.recipe import Recipe
 from engine.core.result import Result
 from engine.core.units import fmt_bytes, fmt_energy, fmt_ms, fmt_speedup
 from engine.runtimes.base import Runtime
@@ -18,7 +18,8 @@ def measured_in(runtime: Runtime) -> str:
     """The README's line on the runtime; absent for eager, so bundles written before runtimes existed still verify."""
     if runtime.deploy_note is None:
         return ""
-    return f"\nMeasured and verified in {runtime.name}: the model to deploy is `{runtime.primary}`{runtime.deploy_note}."
+    return (f"\nMeasured and verified in {runtime.name}: the model to deploy is `{runtime.primary}`"
+            f"{runtime.deploy_note}.")
 
 
 def report_html(recipe: Recipe, result: Result, card: dict, rows: list[dict]) -> str:

@@ -149,8 +149,10 @@ def select_kernels(model: nn.Module, step: Quantize, device: str,
     lookup = [Kernel("quantize", "embedding rows on the grid, looked up as float", detail={
         "layers": n_emb, "why": "a lookup reads one row per token: float or int8 rows cost the same time; the "
                                 "stored size counts the packed codes"})] if n_emb else []
-    grid = f"{step.bits}-bit {step.granularity}" + (f" (group {step.group_size})" if step.granularity == "per-group" else "")
-    return SCHEMES.get(step.scheme).select_kernels(model, step, device, Layers(linears, quantized, n_conv, lookup, grid))
+    grid = f"{step.bits}-bit {step.granularity}" + (
+        f" (group {step.group_size})" if step.granularity == "per-group" else "")
+    layers = Layers(linears, quantized, n_conv, lookup, grid)
+    return SCHEMES.get(step.scheme).select_kernels(model, step, device, layers)
 
 
 def codebook_kernels(step: Quantize, device: str, layers: Layers) -> tuple[list[Kernel], list[str]]:

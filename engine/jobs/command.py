@@ -24,9 +24,6 @@ from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 from engine.core.errors import UserError
 from engine.core.recipe import parse_json
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
 @runtime_checkable
 class Job(Protocol):
     """What a front end holds of work running elsewhere (CommandJob, ClusterJob): started by constructing it,
@@ -69,7 +66,7 @@ class CommandJob:
                                    "out": str(self.out_path)}))
         env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
         with open(self.log_path, "wb") as log:  # the child keeps its copy
-            self.proc = subprocess.Popen([sys.executable, "-m", task.module, str(job)], cwd=ROOT, env=env,
+            self.proc = subprocess.Popen([sys.executable, "-m", task.module, str(job)], env=env,
                                          stdout=log, stderr=log, start_new_session=True)
 
     @property

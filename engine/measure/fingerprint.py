@@ -74,8 +74,9 @@ def _cache_file() -> Path | None:
         return None
     from engine import __version__
 
+    visible = [os.environ.get(v) for v in ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")]
     key = json.dumps([boot, _cpu_info(), os.cpu_count(), spec.origin if spec else None, torch_version, __version__,
-                      [os.environ.get(v) for v in ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")]])
+                      visible])
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "compression-dash" / f"machine-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 

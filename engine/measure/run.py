@@ -20,9 +20,9 @@ from engine.compress.pipeline import Applied, apply, check_device
 from engine.compress.precision import cast_inputs
 from engine.core.axes import RUNTIMES
 from engine.core.errors import UserError
+from engine.core.measurement import Latency
 from engine.core.recipe import Recipe
 from engine.core.result import Result
-from engine.core.measurement import Latency
 from engine.measure import interference
 from engine.measure import memory as memory_mod
 from engine.measure.energy import CounterMeter, energy_of, watts_per_core

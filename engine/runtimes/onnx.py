@@ -88,7 +88,8 @@ def export_onnx(applied: Applied, recipe: Recipe, spec: ModelSpec, path: Path) -
     model, notes = applied.model, []
     onnx_dtype = recipe.precision
     if recipe.precision == "bf16":
-        # bf16 -> fp32 is exact: the graph keeps the bf16 weight values; ONNX Runtime's CPU provider has no bf16 kernels.
+        # bf16 -> fp32 is exact: the graph keeps the bf16 weight values; ONNX Runtime's CPU provider has no bf16
+        # kernels.
         model, onnx_dtype = model.float(), "fp32"
         notes.append("bf16 weights stored as exact fp32 values: ONNX Runtime's CPU provider has no bf16 kernels")
     example = spec.example_inputs(2)
