@@ -28,7 +28,7 @@ def form() -> None:
                 source = st.text_input("Folder or hub id", key="add_source",
                                        help="A Transformers folder (safetensors, no custom code), or a hub id "
                                             "where the network is allowed (HF_HUB_OFFLINE=0). py:<file.py> adds "
-                                            "a Python file implementing the model contract (see README).")
+                                            "a Python file implementing the model contract (see docs/own-models.md).")
                 data = st.text_input("Evaluation file or folder", key="add_eval",
                                      disabled=source.strip().startswith("py:"))
                 if st.button("Add", key="add_local", disabled=not source.strip()):

@@ -62,7 +62,7 @@ _amount, _int = _typed(parse_amount), _typed(parse_int)
 def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--model", required=required,
                    help="a registered name (see `models`), hf:<folder or hub id> (with --task and --eval-data) or "
-                        "py:<file.py> (see README, 'Use your own model')")
+                        "py:<file.py> (see docs/own-models.md)")
     p.add_argument("--task", default=None, help=f"for hf: models: one of {', '.join(TASKS)}")
     p.add_argument("--eval-data", default=None, help="for hf: models: CSV/JSONL (text[,label]) or a folder of class "
                                                      "folders of images")

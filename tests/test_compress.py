@@ -31,7 +31,10 @@ def test_magnitude_leaves_exact_zero_fraction(digits, scope, amount):
     zeros = sum(int((w == 0).sum()) for w in weights)
     assert abs(zeros - round(amount * total)) <= len(weights)  # per-layer rounding at most one weight a layer
     assert not any("weight_orig" in k for k in out.model.state_dict())  # masks folded in
-    assert any("no speed-up" in w for w in out.warnings)
+    # Either every sparse layer runs on the sparse kernel (measured faster here) or the result says its zeros
+    # buy nothing: which one holds depends on this machine's timing, never neither.
+    swapped = any("sparse CSR" in k.kernel for k in out.kernels)
+    assert swapped or any("no speed-up" in w for w in out.warnings)
 
 
 def test_structured_shrinks_tensors_and_parameter_count(digits):

@@ -1,6 +1,6 @@
 """What one measured configuration produced, and how each step ran (typed provenance).
 
-`Result.to_dict()` is the stable JSON contract of `run --json` and of the stored rows (README: key table).
+`Result.to_dict()` is the stable JSON contract of `run --json` and of the stored rows (docs/cli.md: key table).
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class Kernel:
 
 @dataclass
 class Result:
-    """One measured configuration. `to_dict()` keys are the stable JSON contract documented in the README."""
+    """One measured configuration. `to_dict()` keys are the stable JSON contract documented in docs/cli.md."""
 
     model: str
     recipe: dict

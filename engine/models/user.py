@@ -261,7 +261,7 @@ def _load_module(path: Path) -> Any:
     missing = [f for f in CONTRACT if not callable(getattr(module, f, None))]
     if missing:
         raise UserError(f"{path} does not implement the model contract: no {', '.join(missing)}() "
-                        "(see README, 'Use your own model')")
+                        "(see docs/own-models.md)")
     return module
 
 
