@@ -18,9 +18,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from engine.core.recipe import Prune, Quantize, Recipe  # noqa: E402
-from bench import machine_line  # noqa: E402
-from engine.measure.run import default_threads, run_recipe  # noqa: E402
+from bench import machine_line
+from engine.core.recipe import Prune, Quantize, Recipe
+from engine.measure.run import default_threads, run_recipe
 
 CASES = [
     ("digits-cnn", 64, "fp32", Recipe(model="digits-cnn", batch_size=64)),

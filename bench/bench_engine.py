@@ -15,12 +15,12 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from engine.core.recipe import Prune, Quantize, Recipe  # noqa: E402
-from bench import machine_line  # noqa: E402
-from engine.measure.fingerprint import fingerprint  # noqa: E402
-from engine.measure.run import run_recipe as measure  # noqa: E402
-from engine.results.store import Store  # noqa: E402
-from engine.jobs.sweep import expand_grid, run_sweep  # noqa: E402
+from bench import machine_line
+from engine.core.recipe import Prune, Quantize, Recipe
+from engine.jobs.sweep import expand_grid, run_sweep
+from engine.measure.fingerprint import fingerprint
+from engine.measure.run import run_recipe as measure
+from engine.results.store import Store
 
 
 def interactive(lines: list[str]) -> None:

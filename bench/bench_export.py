@@ -13,15 +13,16 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
-from engine.bundle.bundle import write_bundle  # noqa: E402
-from engine.runtimes.onnx import onnx_feed, onnx_session  # noqa: E402
-from engine.core.recipe import Quantize, Recipe  # noqa: E402
-from bench import machine_line  # noqa: E402
-from engine.measure.latency import PROFILES, time_paired  # noqa: E402
-from engine.measure.run import default_threads, run_recipe as measure  # noqa: E402
-from engine.models import get_spec  # noqa: E402
+from bench import machine_line
+from engine.bundle.bundle import write_bundle
+from engine.core.recipe import Quantize, Recipe
+from engine.measure.latency import PROFILES, time_paired
+from engine.measure.run import default_threads
+from engine.measure.run import run_recipe as measure
+from engine.models import get_spec
+from engine.runtimes.onnx import onnx_feed, onnx_session
 
 
 def main() -> None:

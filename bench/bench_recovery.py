@@ -20,9 +20,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench import machine_line  # noqa: E402
-from engine import api  # noqa: E402
-from engine.results import pareto  # noqa: E402
+from bench import machine_line
+from engine import api
+from engine.results import pareto
 
 
 def _ok(met: bool) -> str:
@@ -107,10 +107,10 @@ def grid_and_search(lines: list[str], db: Path, search_s: float) -> None:
     """81-point grid vs a 5-minute search on digits-cnn; the search's pick timed against the grid's fastest."""
     import torch
 
+    from engine.compress.pipeline import apply
     from engine.compress.precision import cast_inputs
     from engine.measure.latency import PROFILES, time_paired
     from engine.measure.run import default_threads
-    from engine.compress.pipeline import apply
     from engine.models import base_model
 
     model = "digits-cnn"

@@ -14,9 +14,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from engine.core.recipe import RUNTIMES, Prune, Quantize, Recipe  # noqa: E402
-from bench import machine_line  # noqa: E402
-from engine.measure.run import run_recipe  # noqa: E402
+from bench import machine_line
+from engine.core.recipe import RUNTIMES, Prune, Quantize, Recipe
+from engine.measure.run import run_recipe
 
 CASES = [("digits-cnn", (1, 64)), ("minilm", (1, 16))]
 RECIPES = {

@@ -6,8 +6,8 @@ import streamlit as st
 
 from dashboard import state
 from engine import api
-from engine.models.upload import MAX_UPLOAD_BYTES
 from engine.core.axes import TASKS
+from engine.models.upload import MAX_UPLOAD_BYTES
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 

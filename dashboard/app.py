@@ -7,16 +7,16 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the defaults download nothing
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from engine.jobs.worker import shared  # noqa: E402
+from engine.jobs.worker import shared
 
 if shared().pid is None:  # first thing: torch loads in the measuring process while this one imports the rest
     shared().start()
 
-import streamlit as st  # noqa: E402
+import streamlit as st
 
-from dashboard import add_model, pages, state, ui  # noqa: E402
-from engine import api  # noqa: E402
-from engine.models.user import display_name  # noqa: E402
+from dashboard import add_model, pages, state, ui
+from engine import api
+from engine.models.user import display_name
 
 # No icons: the icon font behind ":material/...:" names is fetched from the network (an offline room has none),
 # and emoji need a colour font that not every machine has.

@@ -4,8 +4,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from engine.results.figures import (AXIS_LABELS, CURRENT, FRONT, axis_label, batch_figure, legend_note,  # noqa: F401
-                            pareto_figure)
+from engine.results.figures import AXIS_LABELS, CURRENT, FRONT, axis_label, batch_figure, legend_note, pareto_figure  # noqa: F401
 
 
 def histogram_before_after(before: np.ndarray, after: np.ndarray, title: str, pinned: np.ndarray | None = None

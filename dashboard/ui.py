@@ -11,12 +11,11 @@ import streamlit as st
 from dashboard import charts, state
 from engine import api
 from engine.core.errors import UserError
-from engine.core.recipe import Recipe
 from engine.core.measurement import Latency
+from engine.core.recipe import Recipe
 from engine.core.result import Result
 from engine.core.units import fmt_bytes, fmt_energy, fmt_ms, fmt_speedup
 from engine.results.pareto import OBJECTIVES
-
 
 # Cards wrap instead of truncating on narrow windows (800 px with the sidebar open leaves ~500 px), and
 # Streamlit's own "Running / Stop" status is hidden: the pages show their own progress and Stop button.

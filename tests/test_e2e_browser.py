@@ -129,7 +129,8 @@ def test_add_a_model_by_upload_in_the_sidebar(server, tmp_path):
 
     from tests import user_models as u
 
-    folder, data = u.bert(tmp_path / "my-classifier"), u.texts(tmp_path / "eval.csv")
+    u.bert(tmp_path / "my-classifier")
+    data = u.texts(tmp_path / "eval.csv")
     archive = shutil.make_archive(str(tmp_path / "my-classifier"), "zip", tmp_path, "my-classifier")
     url, _ = server
     with sync_playwright() as p:

@@ -183,8 +183,8 @@ def test_a_recovered_override_recipe_exports_and_verifies(tmp_path):
 
 
 def test_recovery_without_training_data_is_refused():
-    from engine.models.registry import ModelSpec
     from engine.compress import recover
+    from engine.models.registry import ModelSpec
 
     spec = ModelSpec(name="x", task="t", description="d", source="s", metric="m", build=lambda: None,
                      example_inputs=lambda b: None, eval_inputs=lambda: [], score=lambda o, r: {})

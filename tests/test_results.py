@@ -13,9 +13,9 @@ from engine import __version__
 from engine.cli import main
 from engine.core.errors import RecipeError, UserError
 from engine.core.recipe import Prune, Recipe
+from engine.jobs.sweep import expand_grid, run_sweep
 from engine.measure.run import run_recipe
 from engine.results.store import SCHEMA_VERSION, Store
-from engine.jobs.sweep import expand_grid, run_sweep
 from tests.conftest import ROOT
 
 

@@ -9,9 +9,9 @@ from engine import api
 from engine.cli import main
 from engine.core.errors import RecipeError
 from engine.core.recipe import Prune, Quantize, Recipe
+from engine.jobs.sweep import expand_grid
 from engine.measure.run import run_recipe
 from engine.results.store import Store
-from engine.jobs.sweep import expand_grid
 
 
 def test_runtime_defaults_to_eager_and_old_recipes_keep_their_key():

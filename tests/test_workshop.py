@@ -11,8 +11,8 @@ from engine import api
 from engine.core.errors import UserError
 from engine.core.recipe import Prune, Recipe
 from engine.measure.fingerprint import fingerprint
-from tests.test_dashboard import app, db, open_app, seeded  # noqa: F401  (fixtures)
 from tests.test_cli import run_cli
+from tests.test_dashboard import app, db, open_app, seeded  # noqa: F401  (fixtures)
 
 
 def test_every_exercise_has_what_a_lesson_needs():

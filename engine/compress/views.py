@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engine.core.recipe import Quantize, Recipe
-from engine.models import base_model
 from engine.compress.pipeline import apply
 from engine.compress.prune import prunable_layers
+from engine.core.recipe import Quantize, Recipe
+from engine.models import base_model
 
 MAX_VALUES = 20_000  # per histogram: enough for the shape, small enough to draw instantly
 MAP_SIZE = 48

@@ -24,8 +24,8 @@ from engine.core.errors import RecipeError, UserError
 from engine.core.install import source_checkout
 from engine.core.recipe import Recipe, parse_json
 from engine.core.result import Result
-from engine.results.store import Store
 from engine.jobs.sweep import Step, SweepSummary, todo
+from engine.results.store import Store
 
 SHIMS = Path(__file__).resolve().parent / "shims"
 RAY_MISSING = "--executor ray needs Ray: pip install 'compression-dash[ray]' (or -r requirements-ray.txt)"

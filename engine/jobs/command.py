@@ -24,6 +24,7 @@ from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 from engine.core.errors import UserError
 from engine.core.recipe import parse_json
 
+
 @runtime_checkable
 class Job(Protocol):
     """What a front end holds of work running elsewhere (CommandJob, ClusterJob): started by constructing it,

@@ -24,10 +24,10 @@ from typing import Any, Callable, ClassVar
 
 from engine.core.errors import UserError
 from engine.core.recipe import Recipe
-from engine.results import pareto
 from engine.core.summaries import SearchSummary
 from engine.jobs.command import run_file, write_progress
 from engine.measure.latency import check_profile
+from engine.results import pareto
 from engine.results.store import Store
 
 DEFAULT_OBJECTIVES = "relative_latency:min,size:min"
@@ -169,13 +169,12 @@ def run(model: str, db: str | Path, min_accuracy: str, objectives: str = DEFAULT
     import optuna
     from optuna.trial import TrialState
 
-    from engine.jobs import lookup
+    from engine.compress.prune import prunable_layers
     from engine.core.hardware import detect
+    from engine.jobs import lookup, sensitivity
     from engine.measure.fingerprint import fingerprint
     from engine.measure.run import reference
     from engine.models import base_model
-    from engine.compress.prune import prunable_layers
-    from engine.jobs import sensitivity
 
     objs = check(objectives, trials, budget_s)
     check_profile(profile)
@@ -259,9 +258,8 @@ def run(model: str, db: str | Path, min_accuracy: str, objectives: str = DEFAULT
 def _summary(study: Any, objs: list[pareto.Objective], threshold: float, baseline: float, trials: int | None,
              budget_s: float | None, elapsed: float, name: str) -> dict[str, Any]:
     """The study so far: counts and the feasible non-dominated trials, best first (by the first objective)."""
-    from optuna.trial import TrialState
-
     import numpy as np
+    from optuna.trial import TrialState
 
     all_trials = study.get_trials(deepcopy=False)
     complete = [t for t in all_trials if t.state == TrialState.COMPLETE]

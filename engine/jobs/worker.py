@@ -29,10 +29,10 @@ from typing import Any
 
 from engine.core.errors import UserError
 from engine.core.hardware import Hardware
-from engine.measure.fingerprint import adopt
-from engine.models.registry import ModelInfo
 from engine.core.recipe import Recipe
 from engine.core.result import Result
+from engine.measure.fingerprint import adopt
+from engine.models.registry import ModelInfo
 
 START_TIMEOUT_S = 120.0
 CRASHED = "the measuring process stopped while running this configuration (exit code {code})"
@@ -58,8 +58,8 @@ class JobStatus:
 # --- the worker process -------------------------------------------------------------------------------
 class _Job:
     def __init__(self, msg: dict[str, Any]) -> None:
-        from engine.results.store import Store
         from engine.jobs.sweep import todo
+        from engine.results.store import Store
 
         self.id, self.db, self.profile = msg["job"], msg["db"], msg["profile"]
         self.recipes = [Recipe.from_dict(r) for r in msg["recipes"]]
@@ -71,8 +71,8 @@ class _Job:
     def next_pass(self) -> bool:
         """Once, at the end: measure again what this job measured while the machine was busy (often the
         first configurations, measured while the page itself was loading)."""
-        from engine.results.store import Store
         from engine.jobs.sweep import todo
+        from engine.results.store import Store
 
         if self.second_pass or self.stop:
             return False
@@ -85,10 +85,10 @@ class _Job:
 
 def _serve(conn: Connection) -> None:
     """The worker's loop: read requests, serve interactive ones first, advance background jobs between them."""
+    from engine.jobs.sweep import measure_and_store
     from engine.measure.run import reference, run_recipe
     from engine.models import base_model
     from engine.results.store import Store
-    from engine.jobs.sweep import measure_and_store
 
     interactive: list[dict] = []
     jobs: dict[int, _Job] = {}

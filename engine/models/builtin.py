@@ -7,8 +7,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import sample_models
-from engine.models.hf import (fidelity_score, layer_states, load_model, load_tokenizer, mean_pooled,
-                              transformer_structured)
+from engine.models.hf import (
+    fidelity_score,
+    layer_states,
+    load_model,
+    load_tokenizer,
+    mean_pooled,
+    transformer_structured,
+)
 from engine.models.registry import ModelSpec, register_model
 from engine.models.weights import count_parameters, folder_parameters
 
