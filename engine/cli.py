@@ -31,6 +31,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_TERMINATED = 143  # 128 + SIGTERM
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a reader that stops early sees from any Unix tool
 DEFAULT_DB = "results.db"
 
 
@@ -461,8 +462,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"internal error: {type(exc).__name__}: {_one_line(exc)} (run with -v for details)", file=sys.stderr)
         return EXIT_FAILED
-    if getattr(a, "json", False):
-        sys.stdout.write(json.dumps(strict(out.to_dict()), allow_nan=False) + "\n")
-    elif text := out.to_text():
-        print(text)
+    try:
+        if getattr(a, "json", False):
+            sys.stdout.write(json.dumps(strict(out.to_dict()), allow_nan=False) + "\n")
+        elif text := out.to_text():
+            print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `… | head` closed the pipe: the reader has what it wanted; no traceback at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     return EXIT_FAILED if getattr(out, "error", None) else 0

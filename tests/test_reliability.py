@@ -3,6 +3,8 @@ a verb with SIGINT or SIGTERM. Real child processes wherever the failure is betw
 import multiprocessing as mp
 import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -278,3 +280,13 @@ def test_a_bundle_whose_record_is_replaced_by_a_bare_recipe_is_refused(tmp_path)
     done = subprocess.run([sys.executable, "-m", "engine", "apply", "--recipe", str(alone)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_reader_that_closes_the_pipe_early_gets_no_traceback():
+    """`compression-dash models | head -1`: the reader stops early; the verb ends quietly (exit 141, as Unix tools)."""
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "models"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the verb prints
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

@@ -99,9 +99,12 @@ def register_source(prefix: str, spec_for: Callable[[str], ModelSpec]) -> None:
 
 
 def register_model(name: str) -> Callable[[Callable[[], ModelSpec]], Callable[[], ModelSpec]]:
-    """Register a factory returning the ModelSpec of `name`."""
+    """Register a factory returning the ModelSpec of `name`; a name registered twice is refused, as in every
+    registry (which one the store's rows meant would otherwise depend on import order)."""
 
     def deco(factory: Callable[[], ModelSpec]) -> Callable[[], ModelSpec]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice: give the new one another name")
         _REGISTRY[name] = factory
         return factory
 
