@@ -219,7 +219,7 @@ def provenance(r: Result) -> None:
             st.caption(f"Timing: {r.latency.method}")
 
 
-def start_background(name: str, recipes, db: str, profile: str = "quick", remeasure: bool = False) -> int | None:
+def start_background(name: str, recipes, db: str, profile: str = "quick", remeasure: bool = False):
     """Send recipes to the measuring process as a background job, remembered under `name` in this session."""
     job = api.start_sweep(recipes, db, api.worker(), profile, remeasure)
     st.session_state[f"_job_{name}"] = job
@@ -228,7 +228,13 @@ def start_background(name: str, recipes, db: str, profile: str = "quick", remeas
 
 def job_status(name: str):
     job = st.session_state.get(f"_job_{name}")
-    return None if job is None else api.worker().status(job)
+    return None if job is None else job.progress()
+
+
+def stop_background(name: str) -> None:
+    job = st.session_state.get(f"_job_{name}")
+    if job is not None:
+        job.stop()
 
 
 def _progress(status, verb: str) -> None:

@@ -35,7 +35,7 @@ from engine.jobs.cluster import ClusterJob, ClusterOptions
 from engine.jobs.command import Job
 from engine.jobs.lookup import Measured
 from engine.jobs.sweep import Step, SweepSummary, expand_grid, run_sweep, todo
-from engine.jobs.worker import Worker, shared
+from engine.jobs.worker import Worker, WorkerSweep, shared
 from engine.measure import latency
 from engine.measure.fingerprint import fingerprint
 from engine.results import pareto
@@ -274,11 +274,11 @@ def start_cluster_sweep(recipes: list[Recipe], db: str | Path, cluster: ClusterO
 
 
 def start_sweep(recipes: list[Recipe], db: str | Path, via: Worker, profile: str = "quick",
-                remeasure_contended: bool = False) -> int | None:
-    """Run a sweep in the background in `via`; the job id, or None when nothing needs measuring."""
+                remeasure_contended: bool = False) -> WorkerSweep | None:
+    """Run a sweep in the background in `via`; the running job, or None when nothing needs measuring."""
     if not missing(recipes, db, profile, remeasure_contended):
         return None
-    return via.sweep(recipes, str(db), check_profile(profile), remeasure=remeasure_contended)
+    return WorkerSweep(via, via.sweep(recipes, str(db), check_profile(profile), remeasure=remeasure_contended))
 
 
 def untrusted_recipes(model: str, db: str | Path) -> list[Recipe]:

@@ -56,8 +56,8 @@ def metrics(at) -> dict[str, str]:
 def wait_for_job(name: str, at: AppTest, timeout: float = 120) -> None:
     job = at.session_state[f"_job_{name}"]
     deadline = time.time() + timeout
-    while not api.worker().status(job).finished:
-        assert time.time() < deadline, api.worker().status(job)
+    while not job.progress().finished:
+        assert time.time() < deadline, job.progress()
         time.sleep(0.2)
 
 

@@ -60,8 +60,10 @@ def test_a_background_sweep_stops_and_resumes(worker, tmp_path):
     st = wait(worker, job)
     assert st.stopped and 1 <= st.done < st.total
     job = api.start_sweep(recipes, db, worker)
-    st = wait(worker, job)
+    assert job.running or job.progress().finished
+    st = wait(worker, job.job)
     assert st.finished and not st.stopped and st.done == st.total >= len(recipes)  # + a second pass if busy
+    assert job.result() == st and job.error() is None and not job.running
     with Store(db) as s:
         assert s.count() == len(recipes)
     assert api.start_sweep(recipes, db, worker) is None  # nothing left to measure

@@ -59,7 +59,7 @@ if b1.button("Run sweep", type="primary", disabled=not todo or running, key="sw_
     st.rerun()
 if b2.button("Stop", key="sw_stop", disabled=not running,
              help="Stops after the configuration being measured; rows so far are kept."):
-    api.worker().stop(status.job)
+    ui.stop_background(f"sweep-{model}")
     st.session_state["_sweep_stop_asked"] = True
     st.rerun()
 

@@ -422,6 +422,35 @@ _SHARED: Worker | None = None
 _SHARED_LOCK = threading.Lock()
 
 
+@dataclass(frozen=True)
+class WorkerSweep:
+    """A sweep running in the measuring process, held as a Job (engine.jobs.command.Job): the sweep page and
+    the starter grid poll and stop it the way the Search page does a search."""
+
+    worker: Worker
+    job: int
+
+    @property
+    def running(self) -> bool:
+        status = self.progress()
+        return status is not None and not status.finished
+
+    def progress(self) -> JobStatus | None:
+        return self.worker.status(self.job)
+
+    def stop(self) -> None:
+        self.worker.stop(self.job)
+
+    def result(self) -> JobStatus | None:
+        """The finished sweep's counts (None while it runs, or when it was stopped or failed)."""
+        status = self.progress()
+        return status if status is not None and status.finished and not status.stopped and not status.error else None
+
+    def error(self) -> str | None:
+        status = self.progress()
+        return status.error if status is not None and status.finished else None
+
+
 def shared() -> Worker:
     """The process-wide worker (one per front-end server), started on first use, stopped at exit."""
     global _SHARED
