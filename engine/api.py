@@ -37,7 +37,7 @@ from engine.jobs.lookup import Measured
 from engine.jobs.sweep import Step, SweepSummary, expand_grid, run_sweep, todo
 from engine.jobs.worker import Worker, WorkerSweep, shared
 from engine.measure import latency
-from engine.measure.fingerprint import fingerprint
+from engine.measure.fingerprint import fingerprint, machine_id
 from engine.results import pareto
 from engine.results.store import Store
 
@@ -284,7 +284,7 @@ def start_sweep(recipes: list[Recipe], db: str | Path, via: Worker, profile: str
 def untrusted_recipes(model: str, db: str | Path) -> list[Recipe]:
     """Recipes of the model's rows on this machine that were measured contended or by an older engine."""
     with Store(db, write=False) as store:
-        rows, _ = store.rows(model=model, device_id=fingerprint()["id"])
+        rows, _ = store.rows(model=model, device_id=machine_id())
     return [Recipe.from_json(r["recipe_json"]) for r in rows if r["error"] is None and not pareto.trusted(r)]
 
 
@@ -299,7 +299,7 @@ def model_rows(model: str, db: str | Path, objectives: str | list[str], min_accu
     if batch_size is not None:
         Recipe(model=model, batch_size=batch_size)  # the same rule as a recipe's
     with Store(db, write=False) as store:
-        rows, damaged = store.rows(model=model, device_id=None if all_devices else device_id or fingerprint()["id"])
+        rows, damaged = store.rows(model=model, device_id=None if all_devices else device_id or machine_id())
     sizes = sorted({r["batch_size"] for r in rows if r["batch_size"] is not None})
     if batch_size is None and sizes:
         batch_size = sizes[0]
@@ -322,7 +322,7 @@ def frontier(model: str, db: str | Path, objectives: str | list[str] = ",".join(
         return Frontiers(model, [_machine_frontier(model, db, m, objectives, min_accuracy, include_untrusted,
                                                    batch_size) for m in known])
     if device is None:
-        device = fingerprint()["id"]
+        device = machine_id()
     matches = [m for m in known if m["device_id"].startswith(device)] if device else []
     if len(matches) != 1:
         listed = "; ".join(f"{m['device_id'][:12]} {m['name']}" for m in known) or "none"
@@ -355,7 +355,7 @@ def results(db: str | Path, model: str | None = None, device: str | None = None)
     return ResultsTable([_public(r) for r in rows], damaged)
 def machines(model: str, db: str | Path) -> list[dict[str, Any]]:
     """The machines the store holds rows of for `model` (this one first): id, name, row count."""
-    here = fingerprint()["id"]
+    here = machine_id()
     with Store(db, write=False) as store:
         rows, _ = store.rows(model=model)
         ids: dict[str, list[int]] = {}

@@ -161,3 +161,18 @@ def test_the_machine_fingerprint_is_kept_between_processes_and_a_damaged_copy_is
         assert machine._own() == first and json.loads(kept.read_text()) == first
     finally:
         machine._own.cache_clear()
+
+
+def test_the_machine_id_of_a_cpu_only_torch_is_known_without_importing_torch(tmp_path):
+    """`frontier` on a fresh boot: the id is computed torch-free where torch is a CPU build, and it is the id the
+    full fingerprint (which imports torch) gives, so the rows measured here are found."""
+    from engine.measure import fingerprint as fp
+
+    if not (fp._torch_version() or "").endswith("+cpu"):
+        pytest.skip("torch here is not a CPU-only build: its GPUs are read through torch")
+    code = ("import sys; from engine.measure.fingerprint import machine_id; print(machine_id()); "
+            "assert 'torch' not in sys.modules")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}  # nothing kept: as after a reboot
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == fp._compute()["id"]

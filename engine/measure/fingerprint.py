@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -38,6 +39,41 @@ def adopt(fp: dict) -> None:
 
 def fingerprint() -> dict:
     return _ADOPTED or _own()
+
+
+def machine_id() -> str:
+    """This machine's id alone, for commands that only read the store (`frontier`, `results`): the kept or
+    adopted fingerprint's, else computed without torch where the installed torch is a CPU-only build (it can
+    then see no GPU, so every input of the id is readable from /proc and its version file), else the full
+    fingerprint's."""
+    if _ADOPTED is not None:
+        return _ADOPTED["id"]
+    if _own.cache_info().currsize:
+        return _own()["id"]
+    cache = _cache_file()
+    if cache is None or not cache.exists():
+        version = _torch_version()
+        if version is not None and version.endswith("+cpu"):
+            cpu, flags = _cpu_info()
+            return _id(cpu, list(flags), os.cpu_count() or 1, None, version)
+    return _own()["id"]
+
+
+def _torch_version() -> str | None:
+    """torch.__version__ as its installed version file states it, without importing torch."""
+    spec = importlib.util.find_spec("torch")
+    try:
+        text = Path(spec.origin).with_name("version.py").read_text() if spec and spec.origin else ""
+    except OSError:
+        return None
+    found = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.M)
+    return found.group(1) if found else None
+
+
+def _id(cpu: str, cpu_flags: list[str], logical_cores: int, gpu: str | None, torch_version: str) -> str:
+    """The id: what decides whether two rows were measured on the same kind of machine."""
+    stable = {"cpu": cpu, "cpu_flags": cpu_flags, "logical_cores": logical_cores, "gpu": gpu, "torch": torch_version}
+    return hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:12]
 
 
 @lru_cache(maxsize=1)
@@ -101,6 +137,5 @@ def _compute() -> dict:
         "os": f"{platform.system()} {platform.release()}",
         "engine": __version__,
     }
-    stable = {k: fp[k] for k in ("cpu", "cpu_flags", "logical_cores", "gpu", "torch")}
-    fp["id"] = hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:12]
+    fp["id"] = _id(fp["cpu"], fp["cpu_flags"], fp["logical_cores"], fp["gpu"], fp["torch"])
     return fp

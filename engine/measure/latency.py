@@ -191,16 +191,23 @@ def time_paired(fn: Callable[[], object], baseline: Callable[[], object] | None,
                 threads_requested: int, sync: Callable[[], None] | None = None, energy: EnergyMeter | None = None,
                 clock: Callable[[], int] = time.perf_counter_ns,
                 meter: Callable[[], interference.Snapshot] = interference.snapshot,
-                cores: int | None = None, cpu_clock: Callable[[], int] | None = None) -> Timing:
+                cores: int | None = None, cpu_clock: Callable[[], int] | None = None,
+                settle: Callable[[], object] | None = None) -> Timing:
     """Time `fn` in blocks alternating with blocks of `baseline` (None: time `fn` alone).
+
+    `settle` runs wherever a baseline block follows one of `fn` (the runtime's threads spinning down,
+    see `Artifact.settle`), outside every timed block, so neither arm runs beside the other's idle threads.
 
     `threads` is what the caller set for this run; fewer than `threads_requested` flags the result
     contended (its absolute times are not those of a quiet machine), while the paired speed-up, taken
     at one thread count for both, stays comparable."""
     sync = sync or (lambda: None)
     energy = energy or EnergyMeter()
+    settle = settle if baseline is not None else None
     per_call = _warm(fn, sync, profile)
     if baseline is not None:
+        if settle:
+            settle()
         _warm(baseline, sync, profile)
     # Blocks long enough for a steady median and a readable CPU counter (a judged window is >= 2 blocks'
     # worth of time, paired or not), short enough to interleave often.
@@ -214,6 +221,8 @@ def time_paired(fn: Callable[[], object], baseline: Callable[[], object] | None,
             b = _block(baseline, sync, block_s, EnergyMeter(), clock, meter, cpu_clock)
         c = _block(fn, sync, block_s, energy, clock, meter, cpu_clock)
         if baseline is not None and not first_baseline:
+            if settle:
+                settle()
             b = _block(baseline, sync, block_s, EnergyMeter(), clock, meter, cpu_clock)
         pairs.append(Pair(c, b if baseline is not None else None))
         elapsed = time.perf_counter() - start
@@ -232,17 +241,19 @@ def time_paired(fn: Callable[[], object], baseline: Callable[[], object] | None,
         if elapsed >= profile.limit_s:
             used, contended, insufficient = pairs, True, not _enough(pairs, profile)
             break
-    return _timing(used, pairs, profile, threads, threads_requested, contended, insufficient, sync)
+    return _timing(used, pairs, profile, threads, threads_requested, contended, insufficient, sync, settle)
 
 
 def _timing(used: list[Pair], pairs: list[Pair], profile: Profile, threads: int, threads_requested: int,
-            contended: bool, insufficient: bool, sync: Callable[[], None]) -> Timing:
+            contended: bool, insufficient: bool, sync: Callable[[], None],
+            settle: Callable[[], object] | None = None) -> Timing:
     samples = [s for p in used for s in p.config.samples_ns]
     window_s = sum(p.config.window.wall_s for p in used)
     paired = any(p.baseline is not None for p in used)
     method = (f"perf_counter_ns per call in {len(used)} blocks"
               + (" alternating with the baseline" if paired else "") + f", {profile.name} profile"
               + ("" if sync.__name__ == "<lambda>" else ", CUDA-synchronised")
+              + (", its idle threads let go to sleep before each baseline block" if settle else "")
               + ("; speed-up from the thread's CPU clock (one thread)" if used[0].config.cpu_ns else ""))
     lat = summarize(samples, window_s, method)
     wall = sum(p.window.wall_s for p in used)

@@ -116,7 +116,7 @@ def run_recipe(recipe: Recipe, profile: str = "quick") -> Result:
             with torch.inference_mode():
                 artifact.call()  # the evaluation's shapes may have recompiled a compiled model: warm again
             _time_calls(artifact.call, artifact.held, artifact.held_as, recipe, spec, profile, used, requested,
-                        result)
+                        result, settle=artifact.settle)
         except UserError:
             raise
         except Exception as exc:  # noqa: BLE001  (a configuration that fails is a result, not a crash)
@@ -131,8 +131,10 @@ def run_recipe(recipe: Recipe, profile: str = "quick") -> Result:
 
 
 def _time_calls(run: Callable[[], object], model: nn.Module | int, held_as: str, recipe: Recipe, spec: ModelSpec,
-                profile: str, threads: int, requested: int, result: Result) -> None:
-    """Time `run` paired with the eager fp32 baseline, then its memory and energy."""
+                profile: str, threads: int, requested: int, result: Result,
+                settle: Callable[[], None] | None = None) -> None:
+    """Time `run` paired with the eager fp32 baseline (`settle` between its blocks and the baseline's), then
+    its memory and energy."""
     baseline = None
     if not recipe.is_baseline:  # timed in alternating blocks with this one: the speed-up is paired
         base = baseline_on(recipe.model, recipe.device)
@@ -145,7 +147,7 @@ def _time_calls(run: Callable[[], object], model: nn.Module | int, held_as: str,
     meter = CounterMeter(recipe.device)
     with torch.inference_mode():
         timing = time_paired(run, baseline, PROFILES[profile], threads, requested, sync=sync, energy=meter,
-                             cpu_clock=thread_clock(threads, recipe.device == "cpu"))
+                             cpu_clock=thread_clock(threads, recipe.device == "cpu"), settle=settle)
         mem = memory_mod.measure_run(model, run, recipe.device, held_as=held_as)
     _record(timing, recipe, result)
     result.peak_memory_bytes, result.memory_source = mem.peak_bytes, mem.source

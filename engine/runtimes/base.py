@@ -9,6 +9,7 @@ is validated, also in the dashboard's server process, which never loads torch.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -34,6 +35,31 @@ class Artifact:
     warnings: list[str] = field(default_factory=list)
     size_bytes: int | None = None  # the artifact's own size where it, not compressed.bin, is what is deployed
     prepare_s: float | None = None  # seconds building the artifact took (export, compilation)
+    # Called by the paired timer after a block of this artifact, before the baseline's: a runtime whose idle
+    # threads keep spinning after a call (ONNX Runtime's default) lets them go idle here, so they do not run
+    # into the baseline's block. None: nothing outlives a call.
+    settle: Callable[[], None] | None = None
+
+
+SETTLE_POLL_S = 0.002
+SETTLE_IDLE_CORES = 0.25  # below this the process counts as idle (the polling itself uses a sliver)
+SETTLE_LIMIT_S = 0.3  # never wait longer: other threads of the process may be busy for their own reasons
+
+
+def until_idle(poll_s: float = SETTLE_POLL_S, idle_cores: float = SETTLE_IDLE_CORES,
+               limit_s: float = SETTLE_LIMIT_S) -> float:
+    """Wait until this process's threads stop using CPU (spinning pool threads have gone to sleep), at most
+    `limit_s`; return the seconds waited. Read from the process CPU clock, so it holds whatever a runtime's
+    spin bound is on this CPU (ONNX Runtime's is an iteration count, not a time)."""
+    start = time.perf_counter()
+    wall, cpu = start, time.process_time()
+    while wall - start < limit_s:
+        time.sleep(poll_s)
+        now, used = time.perf_counter(), time.process_time()
+        if (used - cpu) / max(now - wall, 1e-9) < idle_cores:
+            return now - start
+        wall, cpu = now, used
+    return wall - start
 
 
 class Runtime:
