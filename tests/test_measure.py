@@ -82,6 +82,39 @@ def test_always_disturbed_is_flagged_contended_not_dropped():
     assert t.latency["contended"] and t.latency["calls"] >= TINY.min_calls and t.latency["foreign_cpu"] > 1
 
 
+def test_settle_runs_wherever_a_baseline_block_follows_the_configuration():
+    # A runtime's spinning pool threads go idle before every baseline block that follows one of its blocks,
+    # never inside a timed block; alone (no baseline) nothing needs settling.
+    order = []
+    quiet = lambda: interference.Snapshot(time.perf_counter(), 0, 0, 0, 0)  # noqa: E731
+    t = latency.time_paired(lambda: order.append("C"), lambda: order.append("B"), TINY, threads=1,
+                            threads_requested=1, clock=fake_clock(1000), meter=quiet,
+                            settle=lambda: order.append("S"))
+    runs = "".join(order)
+    assert "CB" not in runs and "CSB" in runs and "S" not in runs.replace("CSB", "")
+    assert "idle threads let go to sleep" in t.latency["method"]
+    order.clear()
+    latency.time_paired(lambda: order.append("C"), None, TINY, threads=1, threads_requested=1,
+                        clock=fake_clock(1000), meter=quiet, settle=lambda: order.append("S"))
+    assert "S" not in order
+
+
+def test_until_idle_returns_once_the_process_is_idle_and_is_bounded():
+    from engine.runtimes.base import until_idle
+
+    assert until_idle(window_s=0.01) < 0.2
+    import threading
+
+    stop = threading.Event()
+    spinner = threading.Thread(target=lambda: [None for _ in iter(stop.is_set, True)])
+    spinner.start()
+    try:
+        assert until_idle(window_s=0.01, limit_s=0.1) >= 0.1  # a thread still spinning: the bound ends the wait
+    finally:
+        stop.set()
+        spinner.join()
+
+
 def test_fewer_threads_than_asked_is_flagged():
     t = latency.time_paired(lambda: None, None, TINY, threads=1, threads_requested=2,
                             clock=fake_clock(1000), meter=lambda: interference.Snapshot(time.perf_counter(), 0, 0, 0, 0))

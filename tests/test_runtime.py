@@ -82,6 +82,14 @@ def test_onnxruntime_int8_runs_real_integer_convolutions(cnn_int8):
     assert r.size_bytes < r.baseline_size_bytes / 2  # the int8 ONNX file is what ships
 
 
+def test_onnxruntime_is_measured_as_deployed_and_says_how(cnn_int8):
+    # ONNX Runtime's default session (idle threads spin), recorded with the result; the paired timer lets the
+    # spinning threads go idle before the baseline's blocks instead of turning spinning off.
+    sessions = {k.detail.get("session") for k in cnn_int8.kernels if k.step == "onnxruntime"}
+    assert len(sessions) == 1 and "intra-op spinning on (ONNX Runtime's default)" in sessions.pop()
+    assert "idle threads let go to sleep before each baseline block" in cnn_int8.latency.method
+
+
 def test_onnxruntime_rows_carry_the_same_keys_as_eager(cnn_int8, tmp_path):
     eager = run_recipe(Recipe(model="digits-cnn", batch_size=8, quantize=Quantize(8, "dynamic")))
     assert cnn_int8.to_dict().keys() == eager.to_dict().keys()
