@@ -108,3 +108,26 @@ def test_the_search_names_its_latency_apart_from_the_frontiers():
         search.check("latency:max,size", 3, None)
     with pytest.raises(UserError, match="choose from relative_latency, size"):
         search.check("p50,size", 3, None)
+
+
+def _plotted_row(i: int, p50: float, trusted: bool = True, q75: float | None = None) -> dict:
+    return {"id": i, "label": f"row {i}", "recipe_key": f"k{i}", "runtime": "eager", "accuracy": 0.99 - i / 1000,
+            "latency_p50_ms": p50, "latency_block_q25_ms": p50 * 0.97, "latency_block_q75_ms": q75 or p50 * 1.03,
+            "energy_j": 1e-4, "energy_source": "estimated:cpu-time", "trusted": trusted, "eligible": trusted,
+            "shown": True, "on_frontier": trusted and i % 3 == 0}
+
+
+def test_the_frontier_axes_fit_the_points_drawn():
+    """16 digits-cnn rows between 0.08 and 0.19 ms and one busy row whose block spread reaches 20 ms: the latency
+    axis spans the points (not 0-20 ms), and a compared row's error bar stays inside it."""
+    from engine.results.figures import pareto_figure
+
+    rows = [_plotted_row(i, 0.08 + i * 0.0073) for i in range(16)]
+    rows.append(_plotted_row(16, 0.15, trusted=False, q75=20.0))
+    fig = pareto_figure(rows, x="latency_p50_ms", y="accuracy")
+    lo, hi = fig.layout.xaxis.range
+    assert 0.06 < lo < 0.08 and 0.19 < hi < 0.22, (lo, hi)
+    ylo, yhi = fig.layout.yaxis.range
+    assert ylo < min(r["accuracy"] for r in rows) and yhi > max(r["accuracy"] for r in rows)
+    busy = next(t for t in fig.data if t.name == "busy machine: not compared")
+    assert busy.error_x.array is None  # its spread measures the other work, not the configuration

@@ -97,6 +97,7 @@ def pareto_figure(rows: list[dict], x: str, y: str, current_key: str | None = No
     groups = (("Pareto frontier", on_front, "diamond", 12, FRONT),
               ("dominated", compared & ~on_front, "circle", 9, DOMINATED),
               ("busy machine: not compared", ~compared, "circle", 9, DOMINATED))
+    extents: list[tuple[str, float, float]] = []  # (axis, lowest, highest) of what each trace draws
     for name, mask, symbol, size, edge in groups:
         part = df[mask].sort_values("_x")
         if part.empty:
@@ -109,10 +110,15 @@ def pareto_figure(rows: list[dict], x: str, y: str, current_key: str | None = No
                       line=dict(width=[2.5 if rt in RUNTIME_EDGE else 1.5 for rt in part["runtime"]],
                                 color=[RUNTIME_EDGE.get(rt, edge) for rt in part["runtime"]]),
                       opacity=1.0 if front else 0.8)
+        # A busy machine's spread says how busy it was, not how the configuration behaves: no error bars there
+        # (a contended row's block quartiles can reach 100x its median and would set the whole axis).
+        bars = name != "busy machine: not compared"
+        error_x, error_y = (_errors(part, x, part["_x"]), _errors(part, y, part["_y"])) if bars else (None, None)
+        extents += [_extent(part["_x"], error_x), _extent(part["_y"], error_y, axis="y")]
         fig.add_trace(go.Scatter(
             x=part["_x"], y=part["_y"], mode="lines+markers" if front and not colorbar else "markers", name=name,
             customdata=custom[df.index.get_indexer(part.index)], hovertemplate=hover, marker=marker,
-            error_x=_errors(part, x, part["_x"]), error_y=_errors(part, y, part["_y"]),
+            error_x=error_x, error_y=error_y,
             line=dict(color=FRONT, width=2, shape="hv" if "accuracy" not in (x, y) else "linear")))
     for i, (machine, other) in enumerate(overlays or []):
         part = pd.DataFrame([r for r in other if r.get("on_frontier")])
@@ -121,6 +127,7 @@ def pareto_figure(rows: list[dict], x: str, y: str, current_key: str | None = No
         part["_x"], part["_y"] = _col(part, x), _col(part, y)
         part = part.sort_values("_x")
         colour = OVERLAY_COLOURS[i % len(OVERLAY_COLOURS)]
+        extents += [_extent(part["_x"], None), _extent(part["_y"], None, axis="y")]
         part["_note"] = f"measured on {machine}"
         fig.add_trace(go.Scatter(
             x=part["_x"], y=part["_y"], mode="lines+markers", name=f"frontier on {machine}",
@@ -136,11 +143,36 @@ def pareto_figure(rows: list[dict], x: str, y: str, current_key: str | None = No
         height=height, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=1.02, x=0, yanchor="bottom"),
         xaxis_title=axis_label(x, metric_kind), yaxis_title=axis_label(y, metric_kind), template="plotly_white",
         clickmode="event+select")
-    if _log_axis(df["_x"]):
-        fig.update_xaxes(type="log")
-    if _log_axis(df["_y"]):
-        fig.update_yaxes(type="log")
+    for axis, values in (("x", df["_x"]), ("y", df["_y"])):
+        log = _log_axis(values)
+        span = _fitted(extents, axis, log)
+        (fig.update_xaxes if axis == "x" else fig.update_yaxes)(range=span, **({"type": "log"} if log else {}))
     return fig
+
+
+def _extent(values: pd.Series, errors: dict | None, axis: str = "x") -> tuple[str, float, float]:
+    """The lowest and highest value a trace draws on one axis, its error bars included."""
+    lo, hi = values, values
+    if errors is not None:
+        lo = values - pd.Series(np.asarray(errors["arrayminus"], dtype=float), index=values.index)
+        hi = values + pd.Series(np.asarray(errors["array"], dtype=float), index=values.index)
+        lo = lo.where(lo > 0, values)  # a bar reaching zero or below: the axis fits its point (a log axis has no 0)
+    return axis, float(lo.min()), float(hi.max())
+
+
+def _fitted(extents: list[tuple[str, float, float]], axis: str, log: bool) -> list[float] | None:
+    """An axis range that fits exactly what is drawn, 6 % padding either side (in log10 units on a log axis):
+    Plotly's own autorange also counts what it does not show (hidden traces' error bars), so a few sub-millisecond
+    points could sit against the edge of a 0-20 ms axis. None (autorange) when nothing finite is drawn."""
+    lows = [lo for a, lo, _ in extents if a == axis and np.isfinite(lo) and (lo > 0 or not log)]
+    highs = [hi for a, _, hi in extents if a == axis and np.isfinite(hi) and (hi > 0 or not log)]
+    if not lows or not highs:
+        return None
+    lo, hi = min(lows), max(highs)
+    if log:
+        lo, hi = np.log10(lo), np.log10(hi)
+    pad = (hi - lo) * 0.06 or (abs(hi) * 0.06 if hi else 0.5)
+    return [lo - pad, hi + pad]
 
 
 def legend_note(rows: list[dict], energy_plotted: bool) -> str:
