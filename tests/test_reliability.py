@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.results.store import SCHEMA_VERSION
+from tests.test_results import version_1_store
 
 OPENERS = 6
 
@@ -50,29 +51,10 @@ def test_processes_creating_one_new_store_at_once_all_succeed(tmp_path):
         _check_current(db).close()
 
 
-def _version_1_store(path: Path) -> None:
-    from engine.core.recipe import Recipe
-
-    con = sqlite3.connect(path)
-    con.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    con.execute("INSERT INTO meta VALUES ('schema_version', '1')")
-    con.execute("CREATE TABLE results (id INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT NOT NULL, recipe_key TEXT "
-                "NOT NULL, device_id TEXT NOT NULL, engine_version TEXT NOT NULL, label TEXT, accuracy REAL, "
-                "latency_p50_ms REAL, error TEXT, recipe_json TEXT NOT NULL, result_json TEXT NOT NULL, "
-                "UNIQUE (model, recipe_key, device_id, engine_version))")
-    recipe = Recipe(model="digits-mlp")
-    for version, acc in (("0.0.9", 0.9), ("0.1.0", 0.95)):
-        con.execute("INSERT INTO results (model, recipe_key, device_id, engine_version, label, accuracy, "
-                    "recipe_json, result_json) VALUES (?, ?, 'dev', ?, 'fp32', ?, ?, '{}')",
-                    ("digits-mlp", recipe.key, version, acc, recipe.to_json()))
-    con.commit()
-    con.close()
-
-
 def test_processes_upgrading_one_old_store_at_once_all_succeed_and_upgrade_it_once(tmp_path):
     for round_ in range(4):
         db = tmp_path / f"v1-{round_}.db"
-        _version_1_store(db)
+        version_1_store(db)
         assert _open_all_at_once(db) == [0] * OPENERS
         con = _check_current(db)
         assert con.execute("SELECT accuracy FROM results").fetchall() == [(0.95,)]

@@ -105,8 +105,8 @@ def test_damaged_rows_are_skipped_and_counted(tmp_path):
         assert s.get_id(rid).accuracy is not None  # a damaged row is replaced by the next measurement
 
 
-def test_a_version_1_store_is_upgraded_in_place(tmp_path):
-    db = tmp_path / "v1.db"
+def version_1_store(db) -> None:
+    """A store as the first engine wrote it: schema version 1, two rows of one recipe by two engine versions."""
     con = sqlite3.connect(db)
     con.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
     con.execute("INSERT INTO meta VALUES ('schema_version', '1')")
@@ -120,6 +120,12 @@ def test_a_version_1_store_is_upgraded_in_place(tmp_path):
                     "recipe_json, result_json) VALUES (?, ?, 'dev', ?, 'fp32', ?, ?, '{}')",
                     ("digits-mlp", recipe.key, version, acc, recipe.to_json()))
     con.commit()
+    con.close()
+
+
+def test_a_version_1_store_is_upgraded_in_place(tmp_path):
+    db = tmp_path / "v1.db"
+    version_1_store(db)
     with Store(db) as s:
         rows, damaged = s.rows()
     assert [r["accuracy"] for r in rows] == [0.95] and damaged == 0

@@ -51,12 +51,19 @@ def machine_id() -> str:
     if _own.cache_info().currsize:
         return _own()["id"]
     cache = _cache_file()
-    if cache is None or not cache.exists():
-        version = _torch_version()
-        if version is not None and version.endswith("+cpu"):
-            cpu, flags = _cpu_info()
-            return _id(cpu, list(flags), os.cpu_count() or 1, None, version)
+    if (cache is None or not cache.exists()) and (torch_free := _torch_free_id()) is not None:
+        return torch_free
     return _own()["id"]
+
+
+@lru_cache(maxsize=1)
+def _torch_free_id() -> str | None:
+    """The id where torch is a CPU-only build (it can see no GPU), from /proc and torch's version file; else None."""
+    version = _torch_version()
+    if version is None or not version.endswith("+cpu"):
+        return None
+    cpu, flags = _cpu_info()
+    return _id(cpu, list(flags), os.cpu_count() or 1, None, version)
 
 
 def _torch_version() -> str | None:
