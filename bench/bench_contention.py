@@ -27,6 +27,11 @@ CASES = [
     ("digits-cnn", 64, "structured 50 %", Recipe(model="digits-cnn", batch_size=64, prune=Prune("structured", 0.5))),
     ("minilm", 1, "fp32", Recipe(model="minilm", batch_size=1)),
     ("minilm", 1, "int8 dynamic", Recipe(model="minilm", batch_size=1, quantize=Quantize(8, "dynamic"))),
+    # runtimes timed as deployed (ONNX Runtime's pool threads spin after a call; OpenVINO's latency hint)
+    ("minilm", 1, "int8 onnxruntime", Recipe(model="minilm", batch_size=1, quantize=Quantize(8, "dynamic"),
+                                             runtime="onnxruntime")),
+    ("minilm", 1, "int8 openvino", Recipe(model="minilm", batch_size=1, quantize=Quantize(8, "dynamic"),
+                                          runtime="openvino")),
 ]
 
 

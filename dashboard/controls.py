@@ -30,8 +30,10 @@ def sidebar() -> None:
                  help="eager: PyTorch as the engine runs it. compile: the same model through torch.compile "
                       "(compiling takes seconds to a minute, timed apart from the latency). onnxruntime: the "
                       "compressed model exported to ONNX (int8 quantized by ONNX Runtime's own quantizer) and measured "
-                      "in ONNX Runtime, the file you would deploy. Speed-ups are always against the uncompressed model "
-                      "in eager PyTorch.")
+                      "in ONNX Runtime, the file you would deploy (4/8-bit weight-only on its MatMulNBits kernel). "
+                      "openvino: the model as OpenVINO IR (int8 by NNCF post-training quantization, 4/8-bit "
+                      "weight-only by NNCF weight compression) run by OpenVINO's CPU plugin with its latency hint. "
+                      "Speed-ups are always against the uncompressed model in eager PyTorch.")
         with st.expander("More options"):
             st.selectbox("Quantization scheme", state.SCHEME_OPTIONS, key="scheme",
                          help="auto: int8 activations (real int8 kernel) at fp32 on CPU, weight-only otherwise. "

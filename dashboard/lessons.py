@@ -78,10 +78,17 @@ def _finetune(f: Facts) -> str:
 
 
 def _bits(f: Facts) -> str:
-    lines = [_line(p, f.results[p]) for p in ("8 bits", "4 bits", "2 bits")]
+    names = ("8 bits", "4 bits", "2 bits")
+    lines = [_line(p, f.results[p]) for p in names]
+    ran = {p: f.results[p] for p in names if not f.results[p].error}
+    kernel = {p: next((k.kernel for k in r.kernels if k.step == "quantize"), None) for p, r in ran.items()}
+    real = [f"{p} ({kernel[p]})" if kernel[p] else p for p, r in ran.items() if not r.simulated]
+    simulated = [p for p, r in ran.items() if r.simulated]
     return ("; ".join(lines) + ". Each bit fewer halves the number of levels, so the error E = W − Q(W) doubles "
-            "in width (see it on Learn): 8 bits are nearly free, 2 bits are not. These weight-only points run "
-            "dequantized, so their latency is marked simulated.")
+            "in width (see it on Learn): 8 bits are nearly free, 2 bits are not. "
+            + (f"Here {', '.join(real)} ran a real low-bit weight kernel. " if real else "")
+            + (f"{', '.join(simulated)} ran dequantized (no faster kernel for that width on this machine), so "
+               f"{'its' if len(simulated) == 1 else 'their'} latency is marked simulated." if simulated else ""))
 
 
 def _precision(f: Facts) -> str:

@@ -107,6 +107,8 @@ def metric_cards(r: Result, base: Result | None) -> None:
                 delta_color="inverse",
                 help=("Bytes of model.onnx, the file ONNX Runtime loads (measured in that runtime). "
                       if r.recipe.get("runtime") == "onnxruntime" else
+                      "Bytes of model.bin, the OpenVINO IR's weights (measured in OpenVINO). "
+                      if r.recipe.get("runtime") == "openvino" else
                       "Bytes of the compressed storage format: packed b-bit codes + scales, sparse tensors as "
                       "bitmap + values, DEFLATE where it helps. ") + f"{r.params_nonzero:,} non-zero of "
                      f"{r.params_total:,} parameters.")
@@ -120,7 +122,8 @@ def metric_cards(r: Result, base: Result | None) -> None:
 
 
 RUNTIME_STEP = {"onnxruntime": "exporting it to ONNX (a few seconds, once), then ",
-                "compile": "compiling it with torch.compile (seconds to a minute, once), then "}
+                "compile": "compiling it with torch.compile (seconds to a minute, once), then ",
+                "openvino": "converting it to OpenVINO IR and quantizing it with NNCF (seconds, once), then "}
 
 
 def back_to_workshop() -> None:

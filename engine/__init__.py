@@ -1,2 +1,2 @@
 """Compression trade-off engine: apply a Recipe to a model and measure what it really costs and gains."""
-__version__ = "0.4.0"
+__version__ = "0.5.0"

@@ -353,6 +353,21 @@ def results(db: str | Path, model: str | None = None, device: str | None = None)
     rows = sorted((r for r in rows if not device or r["device_id"].startswith(device)),
                   key=lambda r: (r["device_id"], r["id"]))
     return ResultsTable([_public(r) for r in rows], damaged)
+def precision_speedups(model: str, db: str | Path) -> dict[str, dict[int, float]]:
+    """{precision: {batch size: speed-up over fp32}} of the model's trusted rows on this machine that change only
+    the precision (eager, nothing pruned or quantized): what the Learn page says about bf16/fp16 here, measured,
+    rather than inferred from the CPU's flags."""
+    with Store(db, write=False) as store:
+        rows, _ = store.rows(model=model, device_id=machine_id())
+    out: dict[str, dict[int, float]] = {}
+    for r in rows:
+        recipe = Recipe.from_json(r["recipe_json"])
+        if (pareto.trusted(r) and r["speedup"] and recipe.precision != "fp32" and recipe.device == "cpu"
+                and recipe.with_(precision="fp32").is_baseline):
+            out.setdefault(recipe.precision, {})[recipe.batch_size] = float(r["speedup"])
+    return {p: dict(sorted(b.items())) for p, b in sorted(out.items())}
+
+
 def machines(model: str, db: str | Path) -> list[dict[str, Any]]:
     """The machines the store holds rows of for `model` (this one first): id, name, row count."""
     here = machine_id()

@@ -70,7 +70,9 @@ def test_bundle_contents_round_trip(good_bundle):
         assert torch.equal(model(x), expected)
         session = onnx_session(good_bundle / "model.onnx")
         onnx_out = session.run(None, onnx_feed(session, x))[0]
-    np.testing.assert_allclose(onnx_out, expected.numpy(), atol=1e-4)
+    # int4 weight-only runs on ONNX Runtime's MatMulNBits, at accuracy level 4 (int8 activations) where that
+    # agrees with fp32 compute within 1 %
+    assert np.linalg.norm(onnx_out - expected.numpy()) <= 0.01 * np.linalg.norm(expected.numpy())
     html = (good_bundle / "report.html").read_text()
     assert "plotly" in html and "energy" in html and RECIPE.key in html and "speed-up" in html
     record = json.loads((good_bundle / "recipe.json").read_text())

@@ -14,6 +14,7 @@ from dashboard import pages
 from engine import api
 from engine.core.recipe import Prune, Recipe
 from engine.core.result import Result
+from engine.core.units import fmt_speedup
 from engine.measure.fingerprint import fingerprint
 from engine.results.store import Store
 from tests.conftest import ROOT
@@ -166,6 +167,20 @@ def test_learn_page_shows_the_models_own_weights(app):
     assert not app.exception
     shown = metrics(app)
     assert shown["Zero weights"].endswith("%") and int(shown["Distinct values in channel 0"]) <= 8
+
+
+def test_learn_page_says_precision_from_this_machines_rows_or_that_it_is_inferred(app, db):
+    app.switch_page("app_pages/learn.py").run()
+    assert not app.exception
+    text = " ".join(m.value for m in app.markdown)
+    measured = api.precision_speedups("digits-cnn", db)  # the seeded grid measured bf16, never fp16
+    assert "fp16" not in measured and "fp16: " in text
+    assert "inferred from the CPU's flags: not measured here yet; pick fp16" in text
+    if "bf16" in measured:  # a quiet row (a busy one waits to be re-measured and is not quoted)
+        batch, speedup = next(iter(measured["bf16"].items()))
+        assert f"bf16: measured here on digits-cnn: {fmt_speedup(speedup)} than fp32 at batch {batch}" in text
+    else:
+        assert "pick bf16 on Explore" in text
 
 
 def test_export_page_builds_a_verified_bundle_and_says_what_it_holds(app):

@@ -7,6 +7,7 @@ from dashboard import charts, controls, state, ui
 from engine import api
 from engine.compress.views import layer_views
 from engine.core.recipe import Recipe
+from engine.core.units import fmt_speedup
 
 controls.sidebar()
 ui.back_to_workshop()
@@ -91,14 +92,29 @@ st.caption("Compressing one layer at a time shows which layers cost the most acc
 
 st.subheader("Why smaller is not always faster on this machine")
 hw = api.worker().hardware
+measured = api.precision_speedups(recipe.model, state.db_path())
+
+
+def precision_line(precision: str, inferred: str) -> str:
+    """Measured here where the store holds the plain model at this precision; the flags' guess otherwise (a
+    flag is no promise: an fp16 instruction set does not make PyTorch's fp16 matmuls fast)."""
+    if precision in measured:
+        at = ", ".join(f"{fmt_speedup(s)} than fp32 at batch {b}" for b, s in measured[precision].items())
+        return f"measured here on {recipe.model}: {at}."
+    return f"{inferred} *(inferred from the CPU's flags: not measured here yet; pick {precision} on Explore)*"
+
+
 st.markdown(f"""
 - This processor: **{hw.cpu_model}**, {hw.logical_cores} cores; instruction sets that matter here:
   {', '.join(hw.cpu_flags) or 'none detected'}.
 - int8: {'VNNI instructions compute int8 dot products directly, so int8 layers can be several times faster.'
         if hw.cpu_int8_vnni else 'no VNNI: int8 runs on AVX2 paths, with smaller gains.'}
-- bf16: {'native (AVX512-BF16 / AMX): bf16 models can run faster than fp32.' if hw.cpu_bf16_native
-        else 'not native here: bf16 is converted to fp32 inside kernels, so expect no speed-up.'}
-- fp16: {'native.' if hw.cpu_fp16_native else 'no fast CPU kernel: fp16 is usually *slower* than fp32 on this CPU.'}
+- bf16: {precision_line("bf16", 'native instructions (AVX512-BF16 / AMX): bf16 models can run faster than fp32.'
+                        if hw.cpu_bf16_native else
+                        'not native here: bf16 is converted to fp32 inside kernels, so expect no speed-up.')}
+- fp16: {precision_line("fp16", 'native instructions (AVX512-FP16): fp16 may run faster than fp32.'
+                        if hw.cpu_fp16_native else
+                        'no fast CPU kernel: fp16 is usually *slower* than fp32 on this CPU.')}
 - Tiny models (like the digits ones at batch 1) spend most of their time in fixed per-call overhead, not in
   arithmetic, so compressing them changes size far more than speed. Larger models and batches show the kernels.
 - Unstructured zeros still go through the dense kernel: no speed-up, whatever the sparsity.

@@ -24,8 +24,9 @@ bits = c[0].multiselect("Bit widths", state.BIT_OPTIONS, default=["none", 8, 4],
 precisions = c[1].multiselect("Precisions", ["fp32", "fp16", "bf16"], default=["fp32", "bf16"], key="sw_prec")
 runtimes = st.multiselect("Runtimes", list(RUNTIMES), default=["eager"], key="sw_runtimes",
                           help="onnxruntime: each configuration exported to ONNX and measured in ONNX Runtime "
-                               "(the export adds a few seconds per configuration). compile: each configuration "
-                               "through torch.compile (compiling adds seconds to a minute per configuration).")
+                               "(the export adds a few seconds per configuration). openvino: converted to OpenVINO IR, "
+                               "quantized by NNCF and measured in OpenVINO (seconds per configuration). compile: "
+                               "each configuration through torch.compile (seconds to a minute per configuration).")
 profile = st.radio("Measurement profile", ["quick", "thorough"], horizontal=True, key="sw_profile",
                    help="quick: interactive timing (~0.5 s a point); thorough: longer windows, steadier numbers.")
 remeasure = st.checkbox("Also measure again the points measured on a busy machine", key="sw_remeasure")

@@ -4,6 +4,8 @@ Written to a temporary folder, then renamed into place, so a failure leaves noth
   recipe.json        the recipe, engine version, device fingerprint, measured metrics, and the SHA-256 of
                      every other file (the bundle marker: `--force` replaces only folders that hold one)
   model.onnx         the compressed model for ONNX Runtime (int8 integer kernels for 8-bit recipes)
+  model.xml/.bin     for a recipe measured in openvino: the OpenVINO IR that was measured, its primary model
+                     (a runtime's own files are its `Runtime.files`)
   model.safetensors  PyTorch weights (no pickle); rebuild = the recipe's architecture + these weights
   compressed.bin     the real storage format (packed codes, sparse tensors, DEFLATE); see compress.codec
   model_card.json    inputs, dtypes, preprocessing, outputs, verification results
@@ -12,7 +14,7 @@ Written to a temporary folder, then renamed into place, so a failure leaves noth
 
 `verify` never trusts a file: it checks every hash, refuses symlinks and files outside the folder,
 re-creates the model from the recipe and compares it with the stored weights, and re-evaluates the
-PyTorch and ONNX models on the evaluation data against the recorded metrics.
+PyTorch and ONNX models (and the runtime's own model) on the evaluation data against the recorded metrics.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from torch import nn
 
 from engine import __version__
 from engine.bundle.onnx import check_self_contained, onnx_accuracy
-from engine.bundle.report import README, measured_in, report_html
+from engine.bundle.report import README, measured_in, own_files, report_html
 from engine.compress import codec
 from engine.compress.layers import resolve
 from engine.compress.pipeline import Applied, apply
@@ -50,7 +52,6 @@ from engine.runtimes.onnx import export_onnx, onnx_feed, onnx_session
 BUNDLE_FORMAT = 2
 FILES = ("model.onnx", "model.safetensors", "compressed.bin", "model_card.json", "report.html", "README.md")
 RECORD = "recipe.json"
-MODEL_FILES = tuple(f for f in FILES if f != "README.md")  # only a bundle holds these (any folder may hold a README)
 ACCURACY_TOLERANCE = 0.02  # |ONNX Runtime accuracy - PyTorch accuracy| above this is a visible warning
 # Re-evaluating the same file on the same data must give the recorded figure; the margin allows another
 # CPU's int8/sparse kernels to round differently (one flipped digit of 450 is 0.0022), not a changed model.
@@ -58,6 +59,22 @@ REPEAT_TOLERANCE = 0.005
 ONNX_AGREEMENT = 0.02  # relative output difference, ONNX Runtime vs PyTorch (fp16/bf16 here: <= 0.003)
 ONNX_AGREEMENT_INT8 = 0.3
 MAX_RECORD_BYTES = 5_000_000
+
+
+def bundle_files(runtime: str) -> tuple[str, ...]:
+    """What a bundle of a recipe measured in `runtime` holds besides its record: the common files and the
+    runtime's own (OpenVINO's IR)."""
+    return FILES + RUNTIMES.get(runtime).files
+
+
+def any_files() -> tuple[str, ...]:
+    """Every file some bundle holds, whatever its runtime."""
+    return FILES + tuple(f for _, rt in RUNTIMES.items() for f in rt.files if f not in FILES)
+
+
+def model_files() -> tuple[str, ...]:
+    """Files only a bundle holds (any folder may hold a README)."""
+    return tuple(f for f in any_files() if f != "README.md")
 
 
 def sha256(path: Path) -> str:
@@ -93,9 +110,11 @@ def is_bundle(folder: Path) -> bool:
             return False
         data = parse_json(record.read_text(encoding="utf-8"), RECORD, limit=None)
         marker = data.get("bundle") if isinstance(data, dict) else None
+        recipe = data.get("recipe") if isinstance(data, dict) else None
+        runtime = recipe.get("runtime", "eager") if isinstance(recipe, dict) else "eager"
         return (isinstance(marker, dict) and marker.get("format") == BUNDLE_FORMAT
-                and isinstance(marker.get("files"), dict) and set(marker["files"]) == set(FILES))
-    except (OSError, ValueError, RecursionError):
+                and isinstance(marker.get("files"), dict) and set(marker["files"]) == set(bundle_files(runtime)))
+    except (OSError, ValueError, TypeError, RecursionError):
         return False
 
 
@@ -117,7 +136,7 @@ def check_out(out: str | Path, force: bool) -> Path:
             raise UserError(f"{out} is not a bundle written by this tool (it has no bundle record): "
                             "refusing to replace it")
         extra = sorted(p.name for p in out.iterdir()
-                       if p.name not in FILES + (RECORD,) or p.is_symlink() or not p.is_file())
+                       if p.name not in any_files() + (RECORD,) or p.is_symlink() or not p.is_file())
         if extra:
             raise UserError(f"{out} holds things that are not part of the bundle ({', '.join(extra[:5])}): "
                             "refusing to replace it")
@@ -154,10 +173,15 @@ def write_bundle(recipe: Recipe, out: str | Path, result: Result, rows: list[dic
 
         onnx_acc = onnx_accuracy(tmp / "model.onnx", spec)
         runtime = RUNTIMES.get(recipe.runtime)
+        accuracies, own = {}, {}
+        if runtime.files:  # the runtime's own model (OpenVINO's IR), the one that was measured
+            own = runtime.write_files(applied, recipe, spec, tmp)
+            accuracies[runtime.accuracy_key] = _score(runtime.files_outputs(tmp, recipe, spec), spec)
         # A runtime whose artifact is rebuilt for export (compiled, exported) must reproduce the measurement
         # with it; the other model is the side check.
         torch_acc = result.accuracy if runtime.replays_exactly else _evaluate(applied.model, recipe, spec)
-        primary_acc = {"onnx_accuracy": onnx_acc, "torch_accuracy": torch_acc}[runtime.accuracy_key]
+        accuracies |= {"onnx_accuracy": onnx_acc, "torch_accuracy": torch_acc}
+        primary_acc = accuracies[runtime.accuracy_key]
         if not runtime.replays_exactly and abs(primary_acc - result.accuracy) > REPEAT_TOLERANCE:
             raise UserError(f"{runtime.exported_name} gives {result.metric_kind} {primary_acc:.4f}, the measurement "
                             f"recorded {result.accuracy:.4f}: re-measure this configuration, then export")
@@ -166,17 +190,21 @@ def write_bundle(recipe: Recipe, out: str | Path, result: Result, rows: list[dic
         if gap > ACCURACY_TOLERANCE:
             vwarn.append(f"ONNX Runtime {result.metric_kind} {onnx_acc:.4f} differs from PyTorch "
                          f"{torch_acc:.4f} by {gap:.4f} (> {ACCURACY_TOLERANCE})")
+        if runtime.files and abs(primary_acc - torch_acc) > ACCURACY_TOLERANCE:
+            vwarn.append(f"{runtime.primary} in {runtime.name}: {result.metric_kind} {primary_acc:.4f} differs from "
+                         f"PyTorch {torch_acc:.4f} by {abs(primary_acc - torch_acc):.4f} (> {ACCURACY_TOLERANCE})")
         fp32_bytes = result.baseline_size_bytes  # one fp32 size everywhere: the codec's uncompressed model
         ratio = fp32_bytes / len(blob)
         card = {
             "model": recipe.model, "recipe_key": recipe.key, "task": spec.task, "metric": spec.metric,
-            "metric_kind": spec.metric_kind, "onnx": onnx_info, "preprocessing": spec.preprocessing,
+            "metric_kind": spec.metric_kind, "onnx": onnx_info, **({runtime.name: own} if runtime.files else {}),
+            "preprocessing": spec.preprocessing,
             "storage": {"file": "compressed.bin", "bytes": len(blob), "fp32_bytes": fp32_bytes,
                         "compression_ratio": ratio},
             "verification": {"runtime": recipe.runtime, "primary": runtime.primary,
                              "onnx_accuracy": onnx_acc, "torch_accuracy": torch_acc, "gap": gap,
                              "tolerance": ACCURACY_TOLERANCE, "onnxruntime": onnxruntime.__version__,
-                             "warnings": vwarn},
+                             "warnings": vwarn} | {k: v for k, v in accuracies.items() if k == runtime.accuracy_key},
         }
         (tmp / "model_card.json").write_text(json.dumps(strict(card), indent=2, allow_nan=False) + "\n")
         (tmp / "report.html").write_text(report_html(recipe, result, card, rows), encoding="utf-8")
@@ -185,12 +213,13 @@ def write_bundle(recipe: Recipe, out: str | Path, result: Result, rows: list[dic
             inputs=", ".join(f"{i['name']} {i['dtype']} {i['shape']}" for i in onnx_info["inputs"]),
             preprocessing=spec.preprocessing, size=len(blob), fp32=fp32_bytes, ratio=ratio,
             name=spec.metric_kind, onnx_acc=onnx_acc, torch_acc=torch_acc,
-            measured=measured_in(runtime)))
-        record = {"bundle": {"format": BUNDLE_FORMAT, "files": {f: sha256(tmp / f) for f in FILES}},
+            measured=measured_in(runtime), own_files=own_files(runtime)))
+        record = {"bundle": {"format": BUNDLE_FORMAT,
+                             "files": {f: sha256(tmp / f) for f in bundle_files(recipe.runtime)}},
                   "recipe": recipe.to_dict(), "recipe_key": recipe.key, "model": recipe.model,
                   "engine_version": __version__, "device": result.machine.to_dict() if result.machine.id else fingerprint(),
                   "weights_sha256": hashlib.sha256(blob).hexdigest(), "metrics": result.to_dict(),
-                  "verification": card["verification"]}
+                  "verification": card["verification"], "model_card": card}
         (tmp / RECORD).write_text(json.dumps(strict(record), indent=2, allow_nan=False) + "\n")
         tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
         for f in tmp.iterdir():
@@ -204,7 +233,7 @@ def write_bundle(recipe: Recipe, out: str | Path, result: Result, rows: list[dic
             "size_bytes": len(blob), "fp32_bytes": fp32_bytes, "compression_ratio": ratio, "warnings": vwarn,
             "speedup": result.speedup, "latency_ms": result.latency and result.latency.to_dict(),
             "energy_j": result.energy_j, "energy_source": result.energy_source and str(result.energy_source),
-            "caveats": list(result.warnings)}
+            "caveats": list(result.warnings)} | ({runtime.accuracy_key: primary_acc} if runtime.files else {})
 
 
 def _replace(tmp: Path, out: Path) -> None:
@@ -254,7 +283,7 @@ def read_record(path: str | Path) -> tuple[Recipe, dict[str, Any] | None, Path |
     if not isinstance(data, dict):
         raise RecipeError(f"{p} is not a valid recipe file: expected a JSON object")
     if "recipe" not in data:  # a bare recipe
-        held = [f for f in MODEL_FILES if (folder / f).exists()] if p.name == RECORD else []
+        held = [f for f in model_files() if (folder / f).exists()] if p.name == RECORD else []
         if held:  # a bundle whose record was swapped: applying it would leave its model files unverified
             raise VerificationError(f"{RECORD}: is a bare recipe, not the bundle record, in a folder that holds "
                                     f"bundle files ({', '.join(held)}); export the bundle again")
@@ -274,8 +303,8 @@ def verify(folder: Path, recipe: Recipe, record: dict[str, Any]) -> dict[str, An
 
     Checked: each file's SHA-256 against the record; the record against itself (recipe, key, metrics);
     compressed.bin and model.safetensors against the weights the recipe re-creates, tensor by tensor; the
-    PyTorch and ONNX models re-evaluated against the recorded metrics; the ONNX model's outputs against the
-    re-created model's; the model card and README against the record. Not re-derived: latency, speed-up,
+    PyTorch and ONNX models (and the runtime's own, OpenVINO's IR) re-evaluated against the recorded metrics;
+    their outputs against the re-created model's; the model card and README against the record. Not re-derived: latency, speed-up,
     memory and energy (measured on the recording machine) and the HTML report (checked by hash only)."""
     checks: list[dict[str, Any]] = []
     out = {"bundle": str(folder), "recipe": recipe.to_dict(), "recipe_key": recipe.key, "checks": checks,
@@ -293,15 +322,17 @@ def verify(folder: Path, recipe: Recipe, record: dict[str, Any]) -> dict[str, An
             out["error"] = out["error"] or str(exc)
             return None
 
+    runtime = RUNTIMES.get(recipe.runtime)
+    expected = bundle_files(recipe.runtime)
     files = (record.get("bundle") or {}).get("files")
-    if not isinstance(files, dict) or set(files) != set(FILES):
+    if not isinstance(files, dict) or set(files) != set(expected):
         raise VerificationError(f"{RECORD}: lists no file hashes (written by an older engine, or edited): "
                                 "re-export the configuration")
-    extra = sorted(p.name for p in folder.iterdir() if p.name not in FILES + (RECORD,))
+    extra = sorted(p.name for p in folder.iterdir() if p.name not in expected + (RECORD,))
     if extra:
         check(extra[0], "part of the bundle", lambda: _fail(f"{extra[0]}: is not part of the bundle (a bundle holds "
-                                                              f"only {', '.join(FILES + (RECORD,))})"))
-    hashed = {f: check(f, "sha256", lambda f=f: _hash_ok(folder / f, f, files[f])) for f in FILES}
+                                                              f"only {', '.join(expected + (RECORD,))})"))
+    hashed = {f: check(f, "sha256", lambda f=f: _hash_ok(folder / f, f, files[f])) for f in expected}
     metrics = check(RECORD, "the record agrees with itself", lambda: _record_ok(record, recipe))
     applied = stored_form(recipe)
     spec = get_spec(recipe.model)
@@ -325,7 +356,18 @@ def verify(folder: Path, recipe: Recipe, record: dict[str, Any]) -> dict[str, An
                   lambda: _close(acc, record["verification"].get("onnx_accuracy"), "model.onnx"))
             if torch_out is not None:
                 check("model.onnx", "computes what the recipe's model computes",
-                      lambda: _agree(onnx_out, torch_out, recipe, acc, out["accuracy"]))
+                      lambda: _agree(onnx_out, torch_out, _onnx_limit(recipe), acc, out["accuracy"], "model.onnx"))
+    if runtime.files and all(hashed[f] for f in runtime.files) and metrics:
+        name = runtime.primary
+        own_out = check(name, f"runs in {runtime.name}", lambda: runtime.files_outputs(folder, recipe, spec))
+        if own_out is not None:
+            own_acc = out[runtime.accuracy_key] = _score(own_out, spec)
+            check(name, "re-evaluated accuracy matches the record",
+                  lambda: _close(own_acc, record["verification"].get(runtime.accuracy_key), name))
+            if torch_out is not None:  # the runtime's own quantizer (NNCF) re-quantizes the grid its own way
+                limit = ONNX_AGREEMENT_INT8 if recipe.quantize.bits is not None else ONNX_AGREEMENT
+                check(name, "computes what the recipe's model computes",
+                      lambda: _agree(own_out, torch_out, limit, own_acc, out["accuracy"], name))
     if hashed["model_card.json"] and hashed["README.md"] and metrics:
         check("model_card.json", "agrees with the record",
               lambda: _documents_ok(folder, record, recipe, spec, metrics))
@@ -429,17 +471,21 @@ def _onnx_outputs(path: Path, spec) -> torch.Tensor:
         raise VerificationError(f"model.onnx: does not run in ONNX Runtime: {str(exc)[:160]}") from None
 
 
-def _agree(onnx_out: torch.Tensor, torch_out: torch.Tensor, recipe: Recipe, onnx_acc: float, torch_acc: float | None
-           ) -> None:
-    """ONNX Runtime computes the same model: outputs within a relative difference (looser for int8, whose
-    activations ONNX Runtime quantizes its own way: 0.06 for digits-mlp, 0.24 for MiniLM here) and accuracy
-    within the export tolerance."""
+def _onnx_limit(recipe: Recipe) -> float:
+    """Looser for int8, whose activations ONNX Runtime quantizes its own way (0.06 for digits-mlp, 0.24 for
+    MiniLM here)."""
     int8 = recipe.quantize.bits is not None and SCHEMES.get(recipe.quantize.scheme).int8_activations
-    limit = ONNX_AGREEMENT_INT8 if int8 else ONNX_AGREEMENT
-    diff = float((onnx_out - torch_out).norm() / torch_out.norm().clamp(min=1e-12))
-    if onnx_out.shape != torch_out.shape or not diff <= limit or abs(onnx_acc - (torch_acc or 0)) > ACCURACY_TOLERANCE:
-        raise VerificationError(f"model.onnx: does not compute what the recipe's model computes (relative "
-                                f"difference {diff:.3f}, limit {limit}; accuracy {onnx_acc:.4f} vs {torch_acc:.4f})")
+    return ONNX_AGREEMENT_INT8 if int8 else ONNX_AGREEMENT
+
+
+def _agree(out: torch.Tensor, torch_out: torch.Tensor, limit: float, acc: float, torch_acc: float | None, name: str
+           ) -> None:
+    """Another runtime's model (`name`) computes the same model: outputs within a relative difference `limit`
+    and accuracy within the export tolerance."""
+    diff = float((out - torch_out).norm() / torch_out.norm().clamp(min=1e-12))
+    if out.shape != torch_out.shape or not diff <= limit or abs(acc - (torch_acc or 0)) > ACCURACY_TOLERANCE:
+        raise VerificationError(f"{name}: does not compute what the recipe's model computes (relative "
+                                f"difference {diff:.3f}, limit {limit}; accuracy {acc:.4f} vs {torch_acc:.4f})")
 
 
 def _documents_ok(folder: Path, record: dict[str, Any], recipe: Recipe, spec, metrics: dict[str, Any]) -> None:
@@ -452,7 +498,9 @@ def _documents_ok(folder: Path, record: dict[str, Any], recipe: Recipe, spec, me
                 and card.get("metric") == spec.metric and card.get("metric_kind") == spec.metric_kind
                 and card.get("verification") == record["verification"]
                 and card.get("storage", {}).get("bytes") == size
-                and card.get("storage", {}).get("fp32_bytes") == metrics.get("baseline_size_bytes"))
+                and card.get("storage", {}).get("fp32_bytes") == metrics.get("baseline_size_bytes")
+                # the whole card, as written (bundles of engines before 0.5 hold only the fields above)
+                and card == record.get("model_card", card))
         if same:
             expected = README.format(
                 model=recipe.model, label=recipe.label(), version=record.get("engine_version"), key=recipe.key,
@@ -460,7 +508,7 @@ def _documents_ok(folder: Path, record: dict[str, Any], recipe: Recipe, spec, me
                 preprocessing=spec.preprocessing, size=size, fp32=card["storage"]["fp32_bytes"],
                 ratio=card["storage"]["compression_ratio"], name=spec.metric_kind,
                 onnx_acc=record["verification"]["onnx_accuracy"], torch_acc=record["verification"]["torch_accuracy"],
-                measured=measured_in(RUNTIMES.get(recipe.runtime)))
+                measured=measured_in(RUNTIMES.get(recipe.runtime)), own_files=own_files(RUNTIMES.get(recipe.runtime)))
             same = readme == expected
     except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
         same = False

@@ -22,6 +22,15 @@ def measured_in(runtime: Runtime) -> str:
             f"{runtime.deploy_note}.")
 
 
+def own_files(runtime: Runtime) -> str:
+    """The README's line on the runtime's own files (OpenVINO's IR); empty where it has none, so bundles of the
+    other runtimes read as before."""
+    if not runtime.files:
+        return ""
+    return (f"- {' + '.join(f'`{f}`' for f in runtime.files)}: the model measured and verified in {runtime.name}; "
+            f"how it was built and runs: `model_card.json`, key `{runtime.name}`.\n")
+
+
 def report_html(recipe: Recipe, result: Result, card: dict, rows: list[dict]) -> str:
     """The point on its frontier, every metric with how it was obtained, the kernels, the warnings."""
     from engine.results.figures import pareto_figure
@@ -35,7 +44,11 @@ def report_html(recipe: Recipe, result: Result, card: dict, rows: list[dict]) ->
     lat = result.latency or Latency()
     name = result.metric_name
     ver, store = card["verification"], card["storage"]
-    metrics = [
+    runtime = RUNTIMES.get(recipe.runtime)
+    own = [(f"{name} ({runtime.name})", f"{ver[runtime.accuracy_key]:.4f}",
+            f"exported {runtime.primary} re-run in {runtime.name} {card[runtime.name].get(runtime.name, '')}".strip())
+           ] if runtime.files else []
+    metrics = own + [
         (f"{name} ({RUNTIMES.get(recipe.runtime).label})", f"{ver['torch_accuracy']:.4f}",
          result.metric),
         (f"{name} (ONNX Runtime)", f"{ver['onnx_accuracy']:.4f}",
@@ -78,7 +91,7 @@ Exported by the compression dashboard (engine {version}). Recipe key `{key}`.{me
 - `recipe.json`: the recipe, the metrics measured for it, and the SHA-256 of every other file.
   Verify and re-create: `python -m engine apply --recipe recipe.json` (exit 1 if any file was changed).
 - `model.onnx`: run with ONNX Runtime. Inputs: {inputs}. Preprocessing: {preprocessing}.
-- `model.safetensors`: PyTorch weights; `engine.bundle.bundle.load_torch(<this folder>)` rebuilds the model (no pickle).
+{own_files}- `model.safetensors`: PyTorch weights; `engine.bundle.bundle.load_torch(<this folder>)` rebuilds the model (no pickle).
 - `compressed.bin`: the compressed storage ({size:,} bytes vs {fp32:,} bytes uncompressed fp32, {ratio:.1f}x);
   `engine.compress.codec.decode` reads it.
 - `model_card.json`: inputs, outputs, verification ({name} in ONNX Runtime {onnx_acc:.4f} vs PyTorch {torch_acc:.4f}).

@@ -157,7 +157,9 @@ def _recover(source: nn.Module, out: Applied, recipe: Recipe, spec: ModelSpec, o
 def _select_kernels(out: Applied, recipe: Recipe, spec: ModelSpec, overrides: dict) -> None:
     """After the storage state is taken: swapping modules changes how the model runs, not what it stores."""
     if recipe.quantize.bits is not None:
-        k, w = quantize.select_kernels(out.model, recipe.quantize, recipe.device, overrides)
+        inputs = precision.cast_inputs(spec.example_inputs(recipe.batch_size), recipe.precision, recipe.device)
+        k, w = quantize.select_kernels(out.model, recipe.quantize, recipe.device, overrides, out.quant,
+                                       lambda: spec.forward(out.model, inputs))
         out.kernels += k
         out.warnings += w
     if not PRUNE_METHODS.get(recipe.prune.method).zeros_in_place:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -134,15 +134,27 @@ class Layers:
     n_conv: int
     lookup: list[Kernel]  # the embedding tables' note, empty without embeddings
     grid: str  # e.g. "4-bit per-group (group 32)"
+    codes: dict[str, Any]  # {Linear name: its grid (QuantMeta)}, for kernels that read the codes
+    run: Callable[[], Any] | None  # one forward pass on the measured inputs (timing-chosen kernels), or None
 
 
 def select_kernels(model: nn.Module, step: Quantize, device: str,
-                   overrides: dict[str, LayerOverride] | None = None) -> tuple[list[Kernel], list[str]]:
-    """Run the grid weights on the fastest real path the scheme has (int8 GEMM for `dynamic` Linear layers);
-    everything else runs dequantized, and says so. A layer an override keeps in float stays on the float kernel."""
-    quantized = set(layer_bits(model, step, overrides)) if overrides else None
+                   overrides: dict[str, LayerOverride] | None = None, quant: dict[str, Any] | None = None,
+                   run: Callable[[], Any] | None = None) -> tuple[list[Kernel], list[str]]:
+    """Run the grid weights on the fastest real path the scheme has (int8 GEMM for `dynamic` Linear layers,
+    packed int8/int4 GEMMs for `weight-only`); everything else runs dequantized, and says so. A layer an override
+    keeps in float stays on the float kernel. `quant` holds the grids `to_grid` made (re-derived from the weights
+    when absent, as for a bundle's loaded weights); `run` is a forward pass for kernels chosen by timing."""
+    bits = layer_bits(model, step, overrides)
+    quantized = set(bits) if overrides else None
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)
                and (quantized is None or n in quantized)]
+    group = step.group_size if step.granularity == "per-group" else None
+    codes = {}
+    for n in linears:
+        meta = (quant or {}).get(f"{n}.weight")
+        codes[n] = meta if isinstance(meta, QuantMeta) else quantize_tensor(model.get_submodule(n).weight, bits[n],
+                                                                             group)
     n_conv = sum(isinstance(m, QUANTIZABLE) and not isinstance(m, nn.Linear) and (quantized is None or n in quantized)
                  for n, m in model.named_modules())
     n_emb = sum(isinstance(m, nn.Embedding) for m in model.modules())
@@ -151,7 +163,7 @@ def select_kernels(model: nn.Module, step: Quantize, device: str,
                                 "stored size counts the packed codes"})] if n_emb else []
     grid = f"{step.bits}-bit {step.granularity}" + (
         f" (group {step.group_size})" if step.granularity == "per-group" else "")
-    layers = Layers(linears, quantized, n_conv, lookup, grid)
+    layers = Layers(linears, quantized, n_conv, lookup, grid, codes, run)
     return SCHEMES.get(step.scheme).select_kernels(model, step, device, layers)
 
 
@@ -168,6 +180,46 @@ def dequantized_kernels(step: Quantize, device: str, layers: Layers) -> tuple[li
                     detail={"layers": len(layers.linears) + layers.n_conv, "grid": layers.grid})] + layers.lookup,
             [f"{step.bits}-bit weight-only quantization runs dequantized on {device}: latency is simulated "
              "(that of the float model); size counts the packed codes"])
+
+
+def packed_kernels(model: nn.Module, step: Quantize, device: str, layers: Layers) -> tuple[list[Kernel], list[str]]:
+    """Weight-only Linear layers onto PyTorch's packed int8/int4 GEMMs (CPU); what no packed kernel expresses
+    (groups of 8 or 16, 5-8-bit groups, convolutions, any layer on CUDA) runs dequantized, and says so."""
+    from engine.compress import packed
+
+    if device != "cpu" or not layers.linears:
+        return dequantized_kernels(step, device, layers)
+    ran = packed.pack(model, layers.codes, layers.run)
+    kernels, warns = [], []
+    n_packed = sum(ran["counts"].values())
+    if n_packed:
+        detail = {"layers": n_packed, "grid": layers.grid,
+                  "activations": "bf16 (the packed kernels' input type)",
+                  "chosen by": "timing both kernels on each layer's input" if layers.run else "the grid"}
+        if ran["speedups"]:
+            detail["speedup_vs_float_layer"] = [min(ran["speedups"]), max(ran["speedups"])]
+        kernels.append(Kernel("quantize", "packed weight-only GEMM (torch _weight_int4pack_mm_for_cpu / "
+                              "_weight_int8pack_mm): " + ", ".join(f"{k} x{c}" for k, c in sorted(ran["counts"].items())),
+                              detail=detail))
+    if ran["slower"]:  # a real kernel was measured, and the float layer beat it: the latency is real
+        kernels.append(Kernel("quantize", "dequantized float weights, chosen by timing", detail={
+            "layers": len(ran["slower"]), "grid": layers.grid,
+            "why": "the packed kernel measured slower than the float layer on its input here (as with the sparse "
+                   "kernel, the faster one runs); the weights are held dequantized, as the memory figure counts"}))
+        warns.append(f"{len(ran['slower'])} layer(s) run their dequantized float weights: the packed {step.bits}-bit "
+                     "kernel measured slower than the float layer there")
+    dequantized = len(ran["left"]) + layers.n_conv
+    if dequantized:
+        kernels.append(Kernel("quantize", "dequantized float weights", simulated=True,
+                              detail={"layers": dequantized, "grid": layers.grid,
+                                      "why": "no packed kernel takes this grid (int4 needs groups of 32-128 that "
+                                             "divide the inputs, int8 one scale per channel) or layer type"}))
+        warns.append(f"{dequantized} layer(s) have no packed {step.bits}-bit kernel here and run dequantized: their "
+                     "share of the latency is simulated")
+    if n_packed and step.bits not in (4, 8):
+        warns.append(f"{step.bits}-bit codes run on the next wider packed kernel (int4 or int8): latency is that "
+                     f"kernel's, size counts packed {step.bits}-bit codes")
+    return kernels + layers.lookup, warns
 
 
 def int8_dynamic_kernels(model: nn.Module, step: Quantize, layers: Layers) -> tuple[list[Kernel], list[str]]:

@@ -45,14 +45,15 @@ class Scheme:
 
 
 class WeightOnly(Scheme):
-    """Float activations; the weights run dequantized (latency simulated, size real)."""
+    """Float activations; Linear weights on PyTorch's packed int8/int4 kernels where they express the grid, the
+    rest dequantized (latency simulated, size real)."""
 
     name = "weight-only"
 
     def select_kernels(self, model, step, device, layers):
-        from engine.compress.quantize import dequantized_kernels
+        from engine.compress.quantize import packed_kernels
 
-        return dequantized_kernels(step, device, layers)
+        return packed_kernels(model, step, device, layers)
 
 
 class Dynamic(Scheme):

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
     from torch import nn
 
@@ -94,9 +96,20 @@ class Runtime:
     # Frontier figures outline points measured here in this colour, and the legend says so (None: eager's look).
     figure_edge: str | None = None
     figure_note: str | None = None
+    # The bundle files of its own besides the common ones (its primary model, e.g. OpenVINO's model.xml +
+    # model.bin): hashed in the record like the rest, written by `write_files`, re-run by `files_outputs`.
+    files: tuple[str, ...] = ()
 
     def prepare(self, applied: "Applied", recipe: "Recipe", spec: "ModelSpec", threads: int) -> Artifact:
         """Make `applied` ready to run in this runtime with `threads` threads."""
+        raise NotImplementedError
+
+    def write_files(self, applied: "Applied", recipe: "Recipe", spec: "ModelSpec", folder: "Path") -> dict[str, Any]:
+        """Write `files` (the artifact that was measured) into a bundle folder; return the model card's entry."""
+        raise NotImplementedError
+
+    def files_outputs(self, folder: "Path", recipe: "Recipe", spec: "ModelSpec") -> "torch.Tensor":
+        """The bundle's own model's outputs on the evaluation data (VerificationError where it does not run)."""
         raise NotImplementedError
 
     def torch_runner(self, model: "nn.Module", spec: "ModelSpec", example: Any) -> Callable[[Any], "torch.Tensor"]:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # torch loads when a model is compiled, not when the runtime 
 CACHE_SIZE = 4
 _CACHE: dict[tuple[str, int], tuple[Callable[[Any], Any], list[Kernel], float]] = {}
 # Substrings of operator names that do the arithmetic (the rest is reshapes, activations and glue).
-_COMPUTE = ("linear", "conv", "matmul", "bmm", "addmm", "embedding", "attention")
+_COMPUTE = ("linear", "conv", "matmul", "bmm", "addmm", "embedding", "attention", "pack_mm")
 
 
 def _name(target: Any) -> str:
