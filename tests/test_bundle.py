@@ -1,6 +1,7 @@
 """Bundles: verified where they will run, written only where it is safe, and never trusted when read back."""
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,9 @@ from engine import api
 from engine.bundle.bundle import ACCURACY_TOLERANCE, FILES, load_torch, sha256
 from engine.cli import main
 from engine.compress import codec
+from engine.compress.layers import resolve
 from engine.compress.pipeline import apply
+from engine.compress.quantize import recorded_choice, select_kernels
 from engine.core.recipe import Prune, Quantize, Recipe
 from engine.models import base_model, get_spec
 from engine.runtimes.onnx import onnx_feed, onnx_session
@@ -65,8 +68,13 @@ def test_bundle_contents_round_trip(good_bundle):
     spec = get_spec("digits-cnn")
     x = spec.example_inputs(8)
     base, _ = base_model("digits-cnn")
+    # the kernels as measured: the per-layer packed/float choice the record holds, not a fresh timing
+    chosen = recorded_choice(json.loads((good_bundle / "recipe.json").read_text())["metrics"]["kernels"])
+    assert chosen is None or all(re.fullmatch(r"int4/\d+|int8|float", c) for c in chosen.values())
+    reference = apply(base, RECIPE, spec, kernels=False).model
+    select_kernels(reference, RECIPE.quantize, "cpu", resolve(RECIPE, reference), chosen=chosen)
     with torch.no_grad():
-        expected = apply(base, RECIPE, spec).model(x)
+        expected = reference(x)
         assert torch.equal(model(x), expected)
         session = onnx_session(good_bundle / "model.onnx")
         onnx_out = session.run(None, onnx_feed(session, x))[0]

@@ -107,3 +107,19 @@ def test_a_measured_weight_only_row_names_the_packed_kernel_and_is_not_simulated
     assert r.error is None and not r.simulated, r.kernels
     assert any("_weight_int4pack_mm_for_cpu" in k.kernel and "int4 (group 32) x37" in k.kernel for k in r.kernels)
     assert r.accuracy > 0.95
+
+
+def test_a_recorded_choice_is_re_created_without_timing(monkeypatch):
+    """A bundle's model runs the kernels that were measured: the per-layer choice travels in the kernels record."""
+    monkeypatch.setattr(packed, "_time", lambda layer, x: pytest.fail("a recorded choice is not timed again"))
+    step = Quantize(8, "weight-only")
+    for choice, kind in (("int8", PackedLinear), ("float", nn.Linear)):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16))
+        quant = quantize.to_grid(model, step)
+        chosen = {"0": choice, "2": "int8"}
+        x = torch.randn(4, 64)
+        kernels, _ = quantize.select_kernels(model, step, "cpu", quant=quant, run=lambda: model(x), chosen=chosen)
+        assert isinstance(model[0], kind) and isinstance(model[2], PackedLinear)
+        stored = [k.to_dict() for k in kernels]  # as a result row or a bundle record holds them
+        assert quantize.recorded_choice(stored) == chosen == quantize.recorded_choice(kernels)

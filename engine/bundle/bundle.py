@@ -39,7 +39,7 @@ from engine.compress import codec
 from engine.compress.layers import resolve
 from engine.compress.pipeline import Applied, apply
 from engine.compress.precision import DTYPES, cast_inputs
-from engine.compress.quantize import select_kernels
+from engine.compress.quantize import recorded_choice, select_kernels
 from engine.core.axes import RUNTIMES, SCHEMES
 from engine.core.errors import RecipeError, UserError, VerificationError
 from engine.core.recipe import Recipe, parse_json
@@ -179,7 +179,8 @@ def write_bundle(recipe: Recipe, out: str | Path, result: Result, rows: list[dic
             accuracies[runtime.accuracy_key] = _score(runtime.files_outputs(tmp, recipe, spec), spec)
         # A runtime whose artifact is rebuilt for export (compiled, exported) must reproduce the measurement
         # with it; the other model is the side check.
-        torch_acc = result.accuracy if runtime.replays_exactly else _evaluate(applied.model, recipe, spec)
+        torch_acc = result.accuracy if runtime.replays_exactly else _evaluate(applied.model, recipe, spec,
+                                                                               recorded_choice(result.kernels))
         accuracies |= {"onnx_accuracy": onnx_acc, "torch_accuracy": torch_acc}
         primary_acc = accuracies[runtime.accuracy_key]
         if not runtime.replays_exactly and abs(primary_acc - result.accuracy) > REPEAT_TOLERANCE:
@@ -344,7 +345,8 @@ def verify(folder: Path, recipe: Recipe, record: dict[str, Any]) -> dict[str, An
     if hashed["model.safetensors"] and metrics:
         model = check("model.safetensors", "equals the recipe's weights", lambda: _load_weights(folder, recipe, applied))
         if model is not None:
-            torch_out = _outputs(model, recipe, spec)
+            chosen = recorded_choice((record.get("metrics") or {}).get("kernels") or [])
+            torch_out = _outputs(model, recipe, spec, chosen)
             acc = out["accuracy"] = _score(torch_out, spec)
             check("model.safetensors", "re-evaluated accuracy matches the record",
                   lambda: _close(acc, record["verification"].get("torch_accuracy"), "model.safetensors"))
@@ -442,15 +444,15 @@ def _load_weights(folder: Path, recipe: Recipe, applied: Applied) -> nn.Module:
     return applied.model
 
 
-def _evaluate(model: nn.Module, recipe: Recipe, spec) -> float:
-    return _score(_outputs(model, recipe, spec), spec)
+def _evaluate(model: nn.Module, recipe: Recipe, spec, chosen: dict[str, str] | None = None) -> float:
+    return _score(_outputs(model, recipe, spec, chosen), spec)
 
 
-def _outputs(model: nn.Module, recipe: Recipe, spec) -> torch.Tensor:
+def _outputs(model: nn.Module, recipe: Recipe, spec, chosen: dict[str, str] | None = None) -> torch.Tensor:
     """The model's outputs on the evaluation data, run with the kernels it was measured with (compiled, for
-    a recipe measured through torch.compile)."""
+    a recipe measured through torch.compile; `chosen`: the per-layer packed/float choice the measurement made)."""
     if recipe.quantize.bits is not None:
-        select_kernels(model, recipe.quantize, "cpu", resolve(recipe, model))
+        select_kernels(model, recipe.quantize, "cpu", resolve(recipe, model), chosen=chosen)
     inputs = [cast_inputs(x, recipe.precision, "cpu") for x in spec.eval_inputs()]
     run = RUNTIMES.get(recipe.runtime).torch_runner(model, spec, inputs[0])
     with torch.inference_mode():
@@ -549,6 +551,7 @@ def load_torch(bundle: str | Path) -> nn.Module:
     except Exception as exc:  # noqa: BLE001
         raise UserError(f"{folder}/model.safetensors is not a valid safetensors file for this recipe: "
                         f"{str(exc)[:160]}") from None
-    if recipe.quantize.bits is not None:
-        select_kernels(applied.model, recipe.quantize, "cpu", resolve(recipe, applied.model))
+    if recipe.quantize.bits is not None:  # the kernels it was measured with, per layer
+        select_kernels(applied.model, recipe.quantize, "cpu", resolve(recipe, applied.model),
+                       chosen=recorded_choice((record.get("metrics") or {}).get("kernels") or []))
     return applied.model.eval()

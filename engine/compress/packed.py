@@ -119,22 +119,33 @@ def _capture(model: nn.Module, names: list[str], run: Callable[[], Any] | None) 
     return captured
 
 
-def pack(model: nn.Module, metas: dict[str, Any], run: Callable[[], Any] | None) -> dict[str, Any]:
+def pack(model: nn.Module, metas: dict[str, Any], run: Callable[[], Any] | None,
+         chosen: dict[str, str] | None = None) -> dict[str, Any]:
     """Swap every Linear layer of `metas` ({module name: its grid}) whose grid a packed kernel expresses for a
     PackedLinear, in place. Where both kernels can, each is timed on the layer's input from `run()` and the faster
     kept, and only where it beats the float layer (int4 without a pass to time). Returns what ran: layer counts
     per kernel, the layers no packed kernel takes, those left in float because it measured slower and, where timed,
-    each packed layer's speed-up over its float layer."""
+    each packed layer's speed-up over its float layer, and `chosen` ({layer: "int4/<group>" | "int8" | "float"}).
+    Given `chosen` (recorded when the recipe was measured), each layer takes that kernel, untimed: a bundle's
+    model runs what was measured."""
     plans = {n: plan(m, model.get_submodule(n).in_features, model.get_submodule(n).out_features)
              for n, m in metas.items()}
     inputs = _capture(model, list(plans), run)
     counts: dict[str, int] = {}
     left, slower, speedups = [], [], []
+    picked: dict[str, str] = {}
     with torch.inference_mode():
         for name, p in plans.items():
             lin, meta = model.get_submodule(name), metas[name]
             options = ([("int4", p.int4_group)] if p.int4_group else []) + ([("int8", None)] if p.int8 else [])
-            x = inputs.get(name)
+            wanted = (chosen or {}).get(name)
+            if wanted == "float":
+                slower.append(name)
+                picked[name] = "float"
+                continue
+            if wanted:
+                options = [o for o in options if _tag(*o) == wanted]
+            x = None if wanted else inputs.get(name)
             probe = x if x is not None else torch.randn(4, lin.in_features, dtype=lin.weight.dtype)
             want = lin(probe).float()
             built = []
@@ -158,10 +169,16 @@ def pack(model: nn.Module, metas: dict[str, Any], run: Callable[[], Any] | None)
                 speedup = _time(lin, x) / min(times)
                 if speedup < 1.0:  # as with the sparse kernel: a kernel measured slower than float is not used
                     slower.append(name)
+                    picked[name] = "float"
                     continue
                 speedups.append(round(speedup, 2))
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, child, best)
             label = f"int4 (group {best.group})" if best.kind == "int4" else "int8"
             counts[label] = counts.get(label, 0) + 1
-    return {"counts": counts, "left": left, "slower": slower, "speedups": speedups}
+            picked[name] = _tag(best.kind, best.group)
+    return {"counts": counts, "left": left, "slower": slower, "speedups": speedups, "chosen": picked}
+
+
+def _tag(kind: str, group: int | None) -> str:
+    return f"int4/{group}" if kind == "int4" else "int8"

@@ -136,15 +136,18 @@ class Layers:
     grid: str  # e.g. "4-bit per-group (group 32)"
     codes: dict[str, Any]  # {Linear name: its grid (QuantMeta)}, for kernels that read the codes
     run: Callable[[], Any] | None  # one forward pass on the measured inputs (timing-chosen kernels), or None
+    chosen: dict[str, str] | None  # a recorded per-layer kernel choice to re-create (a bundle's), or None
 
 
 def select_kernels(model: nn.Module, step: Quantize, device: str,
                    overrides: dict[str, LayerOverride] | None = None, quant: dict[str, Any] | None = None,
-                   run: Callable[[], Any] | None = None) -> tuple[list[Kernel], list[str]]:
+                   run: Callable[[], Any] | None = None, chosen: dict[str, str] | None = None
+                   ) -> tuple[list[Kernel], list[str]]:
     """Run the grid weights on the fastest real path the scheme has (int8 GEMM for `dynamic` Linear layers,
     packed int8/int4 GEMMs for `weight-only`); everything else runs dequantized, and says so. A layer an override
     keeps in float stays on the float kernel. `quant` holds the grids `to_grid` made (re-derived from the weights
-    when absent, as for a bundle's loaded weights); `run` is a forward pass for kernels chosen by timing."""
+    when absent, as for a bundle's loaded weights); `run` is a forward pass for kernels chosen by timing, and
+    `chosen` a choice recorded when the recipe was measured (`recorded_choice`), re-created without timing."""
     bits = layer_bits(model, step, overrides)
     quantized = set(bits) if overrides else None
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)
@@ -163,7 +166,7 @@ def select_kernels(model: nn.Module, step: Quantize, device: str,
                                 "stored size counts the packed codes"})] if n_emb else []
     grid = f"{step.bits}-bit {step.granularity}" + (
         f" (group {step.group_size})" if step.granularity == "per-group" else "")
-    layers = Layers(linears, quantized, n_conv, lookup, grid, codes, run)
+    layers = Layers(linears, quantized, n_conv, lookup, grid, codes, run, chosen)
     return SCHEMES.get(step.scheme).select_kernels(model, step, device, layers)
 
 
@@ -182,6 +185,18 @@ def dequantized_kernels(step: Quantize, device: str, layers: Layers) -> tuple[li
              "(that of the float model); size counts the packed codes"])
 
 
+CHOICE = "per_layer_kernel"  # the kernels record's key for the per-layer packed/float choice
+
+
+def recorded_choice(kernels: list[Any]) -> dict[str, str] | None:
+    """The per-layer kernel choice a measured result recorded (Kernel objects or their dicts), or None."""
+    for k in kernels:
+        detail = k if isinstance(k, dict) else k.detail  # a stored kernel dict holds its detail's keys flat
+        if isinstance(detail, dict) and isinstance(detail.get(CHOICE), dict):
+            return {str(n): str(c) for n, c in detail[CHOICE].items()}
+    return None
+
+
 def packed_kernels(model: nn.Module, step: Quantize, device: str, layers: Layers) -> tuple[list[Kernel], list[str]]:
     """Weight-only Linear layers onto PyTorch's packed int8/int4 GEMMs (CPU); what no packed kernel expresses
     (groups of 8 or 16, 5-8-bit groups, convolutions, any layer on CUDA) runs dequantized, and says so."""
@@ -189,7 +204,7 @@ def packed_kernels(model: nn.Module, step: Quantize, device: str, layers: Layers
 
     if device != "cpu" or not layers.linears:
         return dequantized_kernels(step, device, layers)
-    ran = packed.pack(model, layers.codes, layers.run)
+    ran = packed.pack(model, layers.codes, layers.run, layers.chosen)
     kernels, warns = [], []
     n_packed = sum(ran["counts"].values())
     if n_packed:
@@ -198,12 +213,13 @@ def packed_kernels(model: nn.Module, step: Quantize, device: str, layers: Layers
                   "chosen by": "timing both kernels on each layer's input" if layers.run else "the grid"}
         if ran["speedups"]:
             detail["speedup_vs_float_layer"] = [min(ran["speedups"]), max(ran["speedups"])]
+        detail[CHOICE] = ran["chosen"]
         kernels.append(Kernel("quantize", "packed weight-only GEMM (torch _weight_int4pack_mm_for_cpu / "
                               "_weight_int8pack_mm): " + ", ".join(f"{k} x{c}" for k, c in sorted(ran["counts"].items())),
                               detail=detail))
     if ran["slower"]:  # a real kernel was measured, and the float layer beat it: the latency is real
         kernels.append(Kernel("quantize", "dequantized float weights, chosen by timing", detail={
-            "layers": len(ran["slower"]), "grid": layers.grid,
+            "layers": len(ran["slower"]), "grid": layers.grid, CHOICE: ran["chosen"],
             "why": "the packed kernel measured slower than the float layer on its input here (as with the sparse "
                    "kernel, the faster one runs); the weights are held dequantized, as the memory figure counts"}))
         warns.append(f"{len(ran['slower'])} layer(s) run their dequantized float weights: the packed {step.bits}-bit "
