@@ -155,7 +155,7 @@ def test_sparse_linear_matches_dense_and_is_used_only_when_faster(monkeypatch):
         assert torch.allclose(sparse.SparseLinear(lin)(x), lin(x), atol=1e-5)
     net = torch.nn.Sequential(lin)
     times = iter([1.0, 0.5])  # dense, then sparse: sparse 2x faster
-    monkeypatch.setattr(sparse, "_time", lambda fn, calls=15: next(times))
+    monkeypatch.setattr(sparse, "seconds_per_call", lambda fn, calls=15: next(times))
     info = sparse.sparsify(net, lambda: net(x))
     assert info.detail["layers"] == 1 and isinstance(net[0], sparse.SparseLinear)
     slow = torch.nn.Sequential(torch.nn.Linear(64, 32))

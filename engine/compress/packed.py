@@ -17,12 +17,13 @@ layer's real input, as the sparse kernel is.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from engine.compress.sparse import layer_inputs, seconds_per_call
 
 INT4_GROUPS = (128, 64, 32)  # what the int4 kernel takes (256 too; the recipe's groups stop at 128)
 AGREEMENT = 0.03  # largest relative difference from the float layer (bf16 activations and scales: ~0.005 seen)
@@ -93,30 +94,9 @@ class PackedLinear(nn.Module):
         return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
 
-def _time(layer: nn.Module, x: torch.Tensor, calls: int = 15) -> float:
+def _time(layer: nn.Module, x: torch.Tensor) -> float:
     """Seconds per call of `layer` on `x` (after warm-up)."""
-    for _ in range(3):
-        layer(x)
-    start = time.perf_counter()
-    for _ in range(calls):
-        layer(x)
-    return (time.perf_counter() - start) / calls
-
-
-def _capture(model: nn.Module, names: list[str], run: Callable[[], Any] | None) -> dict[str, torch.Tensor]:
-    """Each layer's real input in one forward pass (nothing when there is no pass to run)."""
-    if run is None:
-        return {}
-    captured: dict[str, torch.Tensor] = {}
-    hooks = [model.get_submodule(n).register_forward_pre_hook(lambda mod, args, n=n: captured.setdefault(n, args[0]))
-             for n in names]
-    try:
-        with torch.inference_mode():
-            run()
-    finally:
-        for h in hooks:
-            h.remove()
-    return captured
+    return seconds_per_call(lambda: layer(x))
 
 
 def pack(model: nn.Module, metas: dict[str, Any], run: Callable[[], Any] | None,
@@ -130,7 +110,7 @@ def pack(model: nn.Module, metas: dict[str, Any], run: Callable[[], Any] | None,
     model runs what was measured."""
     plans = {n: plan(m, model.get_submodule(n).in_features, model.get_submodule(n).out_features)
              for n, m in metas.items()}
-    inputs = _capture(model, list(plans), run)
+    inputs = layer_inputs(model, list(plans), run) if run is not None else {}
     counts: dict[str, int] = {}
     left, slower, speedups = [], [], []
     picked: dict[str, str] = {}

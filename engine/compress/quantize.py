@@ -134,7 +134,7 @@ class Layers:
     n_conv: int
     lookup: list[Kernel]  # the embedding tables' note, empty without embeddings
     grid: str  # e.g. "4-bit per-group (group 32)"
-    codes: dict[str, Any]  # {Linear name: its grid (QuantMeta)}, for kernels that read the codes
+    codes: Callable[[], dict[str, Any]]  # {Linear name: its grid (QuantMeta)}, derived only for kernels that read them
     run: Callable[[], Any] | None  # one forward pass on the measured inputs (timing-chosen kernels), or None
     chosen: dict[str, str] | None  # a recorded per-layer kernel choice to re-create (a bundle's), or None
 
@@ -153,11 +153,11 @@ def select_kernels(model: nn.Module, step: Quantize, device: str,
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)
                and (quantized is None or n in quantized)]
     group = step.group_size if step.granularity == "per-group" else None
-    codes = {}
-    for n in linears:
-        meta = (quant or {}).get(f"{n}.weight")
-        codes[n] = meta if isinstance(meta, QuantMeta) else quantize_tensor(model.get_submodule(n).weight, bits[n],
-                                                                             group)
+
+    def codes() -> dict[str, Any]:
+        found = {n: (quant or {}).get(f"{n}.weight") for n in linears}
+        return {n: meta if isinstance(meta, QuantMeta) else quantize_tensor(model.get_submodule(n).weight, bits[n], group)
+                for n, meta in found.items()}
     n_conv = sum(isinstance(m, QUANTIZABLE) and not isinstance(m, nn.Linear) and (quantized is None or n in quantized)
                  for n, m in model.named_modules())
     n_emb = sum(isinstance(m, nn.Embedding) for m in model.modules())
@@ -204,7 +204,7 @@ def packed_kernels(model: nn.Module, step: Quantize, device: str, layers: Layers
 
     if device != "cpu" or not layers.linears:
         return dequantized_kernels(step, device, layers)
-    ran = packed.pack(model, layers.codes, layers.run, layers.chosen)
+    ran = packed.pack(model, layers.codes(), layers.run, layers.chosen)
     kernels, warns = [], []
     n_packed = sum(ran["counts"].values())
     if n_packed:

@@ -37,13 +37,27 @@ class SparseLinear(nn.Module):
         return out.T.reshape(*x.shape[:-1], self.out_features)
 
 
-def _time(fn: Callable[[], Any], calls: int = 15) -> float:
+def seconds_per_call(fn: Callable[[], Any], calls: int = 15) -> float:
     for _ in range(3):
         fn()
     start = time.perf_counter()
     for _ in range(calls):
         fn()
     return (time.perf_counter() - start) / calls
+
+
+def layer_inputs(model: nn.Module, names: list[str], run: Callable[[], Any]) -> dict[str, torch.Tensor]:
+    """Each named layer's real input in one forward pass `run()`: what a timing-chosen kernel is timed on."""
+    captured: dict[str, torch.Tensor] = {}
+    hooks = [model.get_submodule(n).register_forward_pre_hook(lambda mod, args, n=n: captured.setdefault(n, args[0]))
+             for n in names]
+    try:
+        with torch.inference_mode():
+            run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return captured
 
 
 def sparsify(model: nn.Module, run: Callable[[], Any]) -> Kernel | None:
@@ -55,15 +69,7 @@ def sparsify(model: nn.Module, run: Callable[[], Any]) -> Kernel | None:
                   and float((m.weight == 0).float().mean()) >= MIN_SPARSITY}
     if not candidates:
         return None
-    captured: dict[str, torch.Tensor] = {}
-    hooks = [m.register_forward_pre_hook(lambda mod, args, n=name: captured.setdefault(n, args[0]))
-             for name, m in candidates.items()]
-    try:
-        with torch.inference_mode():
-            run()
-    finally:
-        for h in hooks:
-            h.remove()
+    captured = layer_inputs(model, list(candidates), run)
     swapped, speedups = [], []
     with torch.inference_mode():
         for name, lin in candidates.items():
@@ -71,8 +77,8 @@ def sparsify(model: nn.Module, run: Callable[[], Any]) -> Kernel | None:
             if x is None:
                 continue
             sparse = SparseLinear(lin)
-            dense_s = _time(lambda lin=lin, x=x: lin(x))
-            sparse_s = _time(lambda sparse=sparse, x=x: sparse(x))
+            dense_s = seconds_per_call(lambda lin=lin, x=x: lin(x))
+            sparse_s = seconds_per_call(lambda sparse=sparse, x=x: sparse(x))
             if dense_s / sparse_s >= MIN_SPEEDUP:
                 parent, _, child = name.rpartition(".")
                 setattr(model.get_submodule(parent) if parent else model, child, sparse)
